@@ -1,0 +1,7 @@
+"""Task-incremental scenarios built from datasets on disk or the synthetic generator."""
+
+from .base import DatasetLayoutError, Experience, ImageSet, Sample, Scenario, Stream, Task, resolve_order
+from .folder import from_folder, synthetic
+
+__all__ = ["DatasetLayoutError", "Experience", "ImageSet", "Sample", "Scenario", "Stream", "Task",
+           "from_folder", "resolve_order", "synthetic"]

@@ -1,0 +1,153 @@
+"""A continual strategy: one anomaly model under one regime, and the feature cache it reads.
+
+Regimes for models that fit in one pass from frozen features:
+
+* ``naive``: after task t the model is fitted on task t's data only (state replaced).
+* ``replay``: task t's data plus a fixed-size buffer of past normal images.
+* ``cumulative``: all data seen so far.
+* ``joint``: all tasks at once, fitted when the first task arrives (the upper bound); every
+  row of the matrix then comes from the same model.
+* ``per_task``: one fitted state per task, chosen by the task id at test time (task-aware).
+  Tasks not yet trained are scored with the newest state, for forward transfer.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from ..scenarios.base import ImageSet, Sample, Scenario, Task
+from .buffers import ReplayBuffer
+from .models import FrozenFeatureModel
+
+log = logging.getLogger(__name__)
+
+REGIMES = ("naive", "replay", "cumulative", "joint", "per_task")
+
+
+class FeatureCache:
+    """Embeddings of each image, computed once per (model feature key, image size, file).
+
+    The models it serves have frozen backbones, so an image's embedding never changes within a
+    run; the T x T evaluation then costs one backbone pass per test image instead of T.
+    """
+
+    def __init__(self) -> None:
+        self._store: dict[tuple[str, int, str], torch.Tensor] = {}
+        self.forward_images = 0  # images pushed through a backbone, for benchmarks
+
+    def embeddings(self, model: FrozenFeatureModel, data: ImageSet, batch_size: int = 16) -> torch.Tensor:
+        keys = [(model.feature_key, data.image_size, str(s.image_path)) for s in data.samples]
+        todo = [i for i, k in enumerate(keys) if k not in self._store]
+        if todo:
+            subset = torch.utils.data.Subset(data, todo)
+            at = 0
+            for batch in DataLoader(subset, batch_size=batch_size, shuffle=False):
+                emb = model.extract(batch["image"])
+                for row in emb:
+                    self._store[keys[todo[at]]] = row.clone()
+                    at += 1
+                self.forward_images += len(emb)
+        return torch.stack([self._store[k] for k in keys])
+
+    def __len__(self) -> int:
+        return len(self._store)
+
+
+@dataclass
+class Predictions:
+    """Model outputs on one test set."""
+
+    pred_score: np.ndarray  # (N,)
+    anomaly_map: np.ndarray  # (N, H, W) float32
+
+
+class Strategy:
+    """One model under one continual regime.
+
+    ``__init__`` only stores parameters; learned state lives in attributes ending in ``_``.
+    """
+
+    def __init__(
+        self,
+        model: FrozenFeatureModel,
+        regime: str = "naive",
+        buffer_size: int = 20,
+        buffer_policy: str = "reservoir",
+        batch_size: int = 16,
+        cache: FeatureCache | None = None,
+        seed: int = 0,
+    ) -> None:
+        if regime not in REGIMES:
+            raise ValueError(f"unknown regime {regime!r}; choose from {', '.join(REGIMES)}")
+        self.model = model
+        self.regime = regime
+        self.buffer_size = buffer_size
+        self.buffer_policy = buffer_policy
+        self.batch_size = batch_size
+        self.cache = cache if cache is not None else FeatureCache()
+        self.seed = seed
+        self.buffer_ = ReplayBuffer(buffer_size, buffer_policy, seed) if regime == "replay" else None
+        self.seen_: list[Sample] = []
+        self.task_states_: dict[int, dict[str, torch.Tensor]] = {}
+        self.trained_tasks_: list[int] = []
+
+    @property
+    def task_aware(self) -> bool:
+        """Whether predictions use the task id at test time."""
+        return self.regime == "per_task"
+
+    def config(self) -> dict:
+        return {"regime": self.regime, "buffer_size": self.buffer_size if self.regime == "replay" else None,
+                "buffer_policy": self.buffer_policy if self.regime == "replay" else None,
+                "task_aware": self.task_aware, **self.model.config()}
+
+    def _training_samples(self, task: Task, scenario: Scenario) -> list[Sample] | None:
+        """The normal samples this regime fits on at `task`, or None to keep the current state."""
+        if self.regime == "naive" or self.regime == "per_task":
+            return list(task.train.samples)
+        if self.regime == "replay":
+            return list(task.train.samples) + self.buffer_.samples
+        if self.regime == "cumulative":
+            return self.seen_ + list(task.train.samples)
+        if self.regime == "joint":
+            if self.trained_tasks_:
+                return None
+            return [s for t in scenario for s in t.train.samples]
+        raise AssertionError(self.regime)
+
+    def fit_task(self, task: Task, scenario: Scenario) -> Strategy:
+        """Train on one task of `scenario` under this regime."""
+        samples = self._training_samples(task, scenario)
+        if samples is not None:
+            data = ImageSet(samples, task.train.image_size)
+            self.model.fit(self.cache.embeddings(self.model, data, self.batch_size))
+            log.info("task %d (%s): fitted %s on %d images", task.task_id, task.name, self.model.name, len(samples))
+        if self.buffer_ is not None:
+            self.buffer_.update(task.train.samples)
+        self.seen_.extend(task.train.samples)
+        if self.regime == "per_task":
+            self.task_states_[task.task_id] = self.model.get_state()
+        self.trained_tasks_.append(task.task_id)
+        return self
+
+    @torch.no_grad()
+    def predict(self, data: ImageSet, task_id: int | None = None) -> Predictions:
+        """Scores and maps on `data`; `task_id` selects the per-task state when task-aware."""
+        if self.regime == "per_task":
+            if task_id is None:
+                raise ValueError("per_task needs the task id at test time (task-aware evaluation)")
+            chosen = task_id if task_id in self.task_states_ else self.trained_tasks_[-1]
+            self.model.set_state(self.task_states_[chosen])
+        emb = self.cache.embeddings(self.model, data, self.batch_size)
+        size = (data.image_size, data.image_size)
+        scores, maps = [], []
+        for start in range(0, len(emb), self.batch_size):
+            s, m = self.model.score(emb[start : start + self.batch_size], size)
+            scores.append(s)
+            maps.append(m)
+        return Predictions(torch.cat(scores).numpy().astype(np.float64), torch.cat(maps).numpy().astype(np.float32))

@@ -1,0 +1,31 @@
+"""Shared tiny fixtures: a 3-task synthetic stream at 64x64, generated once per session."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+
+warnings.filterwarnings("ignore", category=FutureWarning)
+
+TINY = dict(image_size=64, n_train=10, n_test_good=4, n_test_per_defect=2)
+
+
+@pytest.fixture(scope="session")
+def synthetic_root(tmp_path_factory):
+    return tmp_path_factory.mktemp("synthetic")
+
+
+@pytest.fixture(scope="session")
+def tiny_stream(synthetic_root):
+    from cl_iad.scenarios import synthetic
+
+    return synthetic(synthetic_root, categories=["bracket", "grain", "ring"], **TINY)
+
+
+@pytest.fixture(scope="session")
+def shared_cache():
+    """One feature cache for tests that use the default PatchCore, so the backbone runs once."""
+    from cl_iad.strategies import FeatureCache
+
+    return FeatureCache()
