@@ -8,7 +8,7 @@ import pytest
 
 warnings.filterwarnings("ignore", category=FutureWarning)
 
-TINY = dict(image_size=64, n_train=10, n_test_good=4, n_test_per_defect=2)
+TINY = {"image_size": 64, "n_train": 10, "n_test_good": 4, "n_test_per_defect": 2}
 
 
 @pytest.fixture(scope="session")

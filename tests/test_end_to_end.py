@@ -112,7 +112,7 @@ def test_chance_baseline_for_aupr_is_prevalence():
 
 
 def test_restarted_run_reuses_finished_cells(tiny_stream, tmp_path, shared_cache):
-    kwargs = dict(metrics=["image_auroc"], wandb="off", progress=False)
+    kwargs = {"metrics": ["image_auroc"], "wandb": "off", "progress": False}
     first = run(Strategy(build_model("patchcore"), "naive", cache=shared_cache), tiny_stream, tmp_path, **kwargs)
     before = (first.run_dir / "cells.csv").read_text()
     again = run(Strategy(build_model("patchcore"), "naive", cache=shared_cache), tiny_stream, tmp_path, **kwargs)

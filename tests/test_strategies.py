@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 
 from cl_iad.scenarios import ImageSet
@@ -14,7 +16,7 @@ def test_naive_replaces_the_state_on_every_task(tiny_stream, shared_cache):
     for task in tiny_stream:
         strategy.fit_task(task, tiny_stream)
         banks.append(strategy.model.get_state()["memory_bank"])
-    for a, b in zip(banks, banks[1:]):
+    for a, b in itertools.pairwise(banks):
         assert a.shape != b.shape or not torch.equal(a, b), "a new task must change the model"
     # guard against anomalib's refit trap: after task 2 the bank is exactly a fresh fit on task 2
     fresh = build_model("patchcore")

@@ -8,6 +8,7 @@ a real MVTec AD tree, the same loader reads synthetic and real data.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import zlib
 from dataclasses import dataclass
@@ -132,7 +133,7 @@ def _line_mask(size: int, pts: np.ndarray, width: float) -> np.ndarray:
     """Boolean mask of a polyline through `pts` (in pixels) with the given half-width."""
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float64)
     mask = np.zeros((size, size), dtype=bool)
-    for (x0, y0), (x1, y1) in zip(pts[:-1], pts[1:]):
+    for (x0, y0), (x1, y1) in itertools.pairwise(pts):
         dx, dy = x1 - x0, y1 - y0
         t = np.clip(((xx - x0) * dx + (yy - y0) * dy) / max(dx * dx + dy * dy, 1e-9), 0, 1)
         mask |= np.hypot(xx - (x0 + t * dx), yy - (y0 + t * dy)) <= width

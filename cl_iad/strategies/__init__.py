@@ -4,4 +4,4 @@ from .base import REGIMES, FeatureCache, Predictions, Strategy
 from .buffers import ReplayBuffer
 from .models import MODELS, build_model
 
-__all__ = ["REGIMES", "MODELS", "FeatureCache", "Predictions", "ReplayBuffer", "Strategy", "build_model"]
+__all__ = ["MODELS", "REGIMES", "FeatureCache", "Predictions", "ReplayBuffer", "Strategy", "build_model"]
