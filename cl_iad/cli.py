@@ -56,6 +56,27 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
     sub.add_parser("models", help="list the available models")
+
+    sw = sub.add_parser("sweep", help="run a grid of orders x models x strategies from a YAML file")
+    sw.add_argument("config", type=Path, help="sweep YAML, e.g. experiments/configs/synthetic_cpu.yaml")
+    sw.add_argument("--out", type=Path, default=Path("results/sweeps"), help="folder for the sweep's run folders")
+    sw.add_argument("--executor", default="local", choices=["local", "ray"])
+    sw.add_argument("--workers", type=int, default=1, help="local: runs in parallel (a bounded process pool)")
+    sw.add_argument("--address", help="ray: address of an existing cluster (default: start a local one)")
+    sw.add_argument("--num-cpus", type=float, help="ray: CPUs per run")
+    sw.add_argument("--num-gpus", type=float, help="ray: GPUs per run")
+    sw.add_argument("--wandb", choices=["off", "offline", "online"], help="override the config's wandb mode")
+    sw.add_argument("--no-report", action="store_true", help="skip writing the report at the end")
+
+    rp = sub.add_parser("report", help="tables, plots and HTML over all runs below a folder")
+    rp.add_argument("root", type=Path)
+    rp.add_argument("--out", type=Path, help="report folder (default ROOT/report)")
+
+    wr = sub.add_parser("wandb-report", help="create a W&B Report of a sweep (offline: write its definition)")
+    wr.add_argument("root", type=Path)
+    wr.add_argument("--project", default="cl_iad")
+    wr.add_argument("--entity", default="")
+    wr.add_argument("--online", action="store_true", help="publish now (needs WANDB_API_KEY)")
     return p
 
 
@@ -105,6 +126,41 @@ def cmd_models(_args) -> int:
     return 0
 
 
+def cmd_sweep(args) -> int:
+    from .report import make_report
+    from .sweep import load_config, run_sweep
+
+    cfg = load_config(args.config)
+    if args.wandb:
+        cfg["wandb"] = args.wandb
+    resources = {k: v for k, v in {"num_cpus": args.num_cpus, "num_gpus": args.num_gpus}.items() if v is not None}
+    results = run_sweep(cfg, args.out, executor=args.executor, workers=args.workers, address=args.address,
+                        resources=resources)
+    failed = [r for r in results if r["status"] == "failed"]
+    print(f"sweep {cfg['name']}: {len(results) - len(failed)} runs ok, {len(failed)} failed "
+          f"(see {args.out / 'sweep_status.csv'})")
+    if not args.no_report and len(failed) < len(results):
+        print(f"report: {make_report(args.out) / 'index.html'}")
+    return 1 if failed else 0
+
+
+def cmd_report(args) -> int:
+    from .report import make_report
+
+    out = make_report(args.root, args.out)
+    for table in sorted(out.glob("table_*.md")):
+        print(table.read_text())
+    print(f"report: {out / 'index.html'}")
+    return 0
+
+
+def cmd_wandb_report(args) -> int:
+    from .wandb_report import wandb_report
+
+    print(wandb_report(args.root, args.project, args.entity, "online" if args.online else None))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
@@ -117,8 +173,10 @@ def main(argv: list[str] | None = None) -> int:
     from .scenarios.base import DatasetLayoutError
 
     try:
-        return {"run": cmd_run, "models": cmd_models}[args.command](args)
-    except (DatasetLayoutError, WeightsError, RunConfigMismatch, ValueError) as exc:
+        commands = {"run": cmd_run, "models": cmd_models, "sweep": cmd_sweep, "report": cmd_report,
+                    "wandb-report": cmd_wandb_report}
+        return commands[args.command](args)
+    except (DatasetLayoutError, WeightsError, RunConfigMismatch, ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

@@ -102,6 +102,7 @@ def run(
     progress: bool = True,
     overwrite: bool = False,
     extra_config: dict | None = None,
+    wandb_group: str | None = None,
 ) -> RunResult:
     """Train `strategy` on each task of `scenario` and evaluate every task after each one.
 
@@ -125,7 +126,7 @@ def run(
     done = {(r.trained_upto, r.eval_task, r.metric) for r in store.cells().itertuples(index=False)}
     names = scenario.names
     truth: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-    wb = WandbRun(wandb, run_dir, name, settings)
+    wb = WandbRun(wandb, run_dir, name, settings, group=wandb_group)
     t = len(scenario)
     bar = tqdm(total=t * t, desc=name, unit="cell", disable=not progress, leave=False)
     try:

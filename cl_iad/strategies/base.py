@@ -126,7 +126,7 @@ class Strategy:
         if samples is not None:
             data = ImageSet(samples, task.train.image_size)
             self.model.fit(self.cache.embeddings(self.model, data, self.batch_size))
-            log.info("task %d (%s): fitted %s on %d images", task.task_id, task.name, self.model.name, len(samples))
+            log.debug("task %d (%s): fitted %s on %d images", task.task_id, task.name, self.model.name, len(samples))
         if self.buffer_ is not None:
             self.buffer_.update(task.train.samples)
         self.seen_.extend(task.train.samples)
