@@ -252,12 +252,12 @@ def make_report(root: Path | str, out: Path | str | None = None) -> Path:
 
 def _write_html(path: Path, runs: list[RunRecord], sections, images: list[Path]) -> None:
     parts = ["<!doctype html><html><head><meta charset='utf-8'><title>cl_iad report</title>",
-             "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
-             "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}img{max-width:48%;margin:4px}</style>",
+             ("<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
+              "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}img{max-width:48%;margin:4px}</style>"),
              "</head><body><h1>cl_iad report</h1>",
-             f"<p>{len(runs)} runs; datasets: {html.escape(', '.join(sorted({r.dataset for r in runs})))}. "
-             "Cells are mean ± std over task orders. Task-aware methods (per_task) have zero forgetting by "
-             "construction.</p>"]
+             (f"<p>{len(runs)} runs; datasets: {html.escape(', '.join(sorted({r.dataset for r in runs})))}. "
+              "Cells are mean ± std over task orders. Task-aware methods (per_task) have zero forgetting by "
+              "construction.</p>")]
     for title, table in sections:
         parts.append(f"<h2>{html.escape(title)}</h2>{table.to_html()}")
     parts.append("<h2>Plots</h2>")

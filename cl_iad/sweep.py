@@ -180,7 +180,7 @@ def execute_job(job: Job | dict, threads: int | None = None) -> dict:
             wandb_group=job.group, extra_config={"sweep": job.group, "strategy": job.strategy})
         (run_dir / "error.txt").unlink(missing_ok=True)
         return {"name": job.name, "status": "done", "seconds": time.perf_counter() - start, "error": ""}
-    except Exception as exc:  # a failed run must not stop the sweep
+    except Exception as exc:  # noqa: BLE001 - a failed run is recorded and must not stop the sweep
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "error.txt").write_text(traceback.format_exc())
         log.error("run %s failed: %s", job.name, exc)
