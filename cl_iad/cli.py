@@ -68,6 +68,11 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--wandb", choices=["off", "offline", "online"], help="override the config's wandb mode")
     sw.add_argument("--no-report", action="store_true", help="skip writing the report at the end")
 
+    sh = sub.add_parser("show", help="grid of example heatmaps per task after each training step")
+    sh.add_argument("run_dir", type=Path)
+    sh.add_argument("--out", type=Path, help="PNG path (default RUN_DIR/plots/examples_grid.png)")
+    sh.add_argument("--wandb", default="off", choices=["off", "offline", "online"], help="also log the grid")
+
     rp = sub.add_parser("report", help="tables, plots and HTML over all runs below a folder")
     rp.add_argument("root", type=Path)
     rp.add_argument("--out", type=Path, help="report folder (default ROOT/report)")
@@ -144,6 +149,20 @@ def cmd_sweep(args) -> int:
     return 1 if failed else 0
 
 
+def cmd_show(args) -> int:
+    from .visualize import example_grid
+
+    path = example_grid(args.run_dir, args.out)
+    print(f"example grid: {path}")
+    if args.wandb != "off":
+        from .wandb_log import WandbRun
+
+        wb = WandbRun(args.wandb, args.run_dir, f"{args.run_dir.name}-show", {"run": args.run_dir.name})
+        wb.log_final({}, {}, [path])
+        wb.finish()
+    return 0
+
+
 def cmd_report(args) -> int:
     from .report import make_report
 
@@ -173,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     from .scenarios.base import DatasetLayoutError
 
     try:
-        commands = {"run": cmd_run, "models": cmd_models, "sweep": cmd_sweep, "report": cmd_report,
+        commands = {"run": cmd_run, "models": cmd_models, "sweep": cmd_sweep, "report": cmd_report, "show": cmd_show,
                     "wandb-report": cmd_wandb_report}
         return commands[args.command](args)
     except (DatasetLayoutError, WeightsError, RunConfigMismatch, ValueError, FileNotFoundError) as exc:

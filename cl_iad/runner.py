@@ -77,6 +77,53 @@ def evaluate(pred: Predictions, labels: np.ndarray, masks: np.ndarray, metrics: 
     return out
 
 
+def _record_extras(run_dir: Path, i: int, j: int, trained: str, other, pred: Predictions, labels: np.ndarray,
+                   masks: np.ndarray, n_examples: int = 2) -> None:
+    """Per-cell side products: the task's decision thresholds (for seen tasks) and a few example
+    anomaly maps for `cl-iad show`. Written before the cell itself, so a cell in cells.csv always
+    has its extras."""
+    from .thresholds import fit_task_thresholds
+    from .visualize import save_examples
+
+    if j <= i:
+        has_map = pred.anomaly_map is not None
+        rec = fit_task_thresholds(pred.pred_score, labels, pred.anomaly_map if has_map else None,
+                                  masks if has_map else None)
+        line = json.dumps({"trained_upto": i, "trained_task": trained, "eval_task": other.name, **rec})
+        with (run_dir / "thresholds.jsonl").open("a") as fh:
+            fh.write(line + "\n")
+    if pred.anomaly_map is not None:
+        idx = np.flatnonzero(labels == 1)[:n_examples]
+        if idx.size:
+            save_examples(run_dir, i, j, other.name, [str(other.test.samples[k].image_path) for k in idx],
+                          pred.anomaly_map[idx], masks[idx])
+
+
+def load_thresholds(run_dir: Path) -> dict[int, dict[int, dict]]:
+    """thresholds.jsonl as history[trained_upto][eval_task_name]; the last record of a cell wins."""
+    history: dict[int, dict] = {}
+    path = run_dir / "thresholds.jsonl"
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            if line.strip():
+                rec = json.loads(line)
+                history.setdefault(rec["trained_upto"], {})[rec["eval_task"]] = rec
+    return history
+
+
+def _finish_extras(run_dir: Path) -> list[Path]:
+    """Threshold drift (thresholds_drift.json) and the example grid plot; returns new plot paths."""
+    from .thresholds import threshold_drift
+    from .visualize import example_grid
+
+    history = load_thresholds(run_dir)
+    drift = {kind: threshold_drift(history, kind) for kind in ("image", "pixel")}
+    atomic_write_text(run_dir / "thresholds_drift.json", json.dumps(drift, indent=2))
+    if (run_dir / "examples").is_dir():
+        return [example_grid(run_dir)]
+    return []
+
+
 def _prepare_run_dir(run_dir: Path, config: dict, overwrite: bool) -> None:
     cfg_path = run_dir / "config.json"
     if cfg_path.exists() and not overwrite:
@@ -86,7 +133,7 @@ def _prepare_run_dir(run_dir: Path, config: dict, overwrite: bool) -> None:
                 f"{run_dir} already holds results of different settings (see {cfg_path}); "
                 "choose another --out/--name, or pass --overwrite to replace them")
     elif overwrite and run_dir.exists():
-        for name in ("cells.csv", "summary.json"):
+        for name in ("cells.csv", "summary.json", "thresholds.jsonl", "thresholds_drift.json"):
             (run_dir / name).unlink(missing_ok=True)
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(cfg_path, json.dumps(config, indent=2, default=str))
@@ -140,7 +187,9 @@ def run(
                     truth[j] = (other.test.labels, other.test.masks())
                 if todo:
                     bar.set_postfix_str(f"eval {other.name}")
-                    values = evaluate(strategy.predict(other.test, task_id=j), *truth[j], todo, other.name)
+                    pred = strategy.predict(other.test, task_id=j)
+                    values = evaluate(pred, *truth[j], todo, other.name)
+                    _record_extras(run_dir, i, j, task.name, other, pred, *truth[j])
                     store.append([(i, task.name, other.name, m, v) for m, v in values.items()])
                     row.update({f"{m}/{other.name}": v for m, v in values.items()})
                 bar.update(1)
@@ -156,6 +205,7 @@ def run(
             title = f"{m} | {strategy.model.name} {strategy.regime} ({aware})"
             plots.append(matrix_heatmap(R, m, run_dir / "plots" / f"matrix_{m}.png", title))
             plots.append(forgetting_curves(R, m, run_dir / "plots" / f"forgetting_{m}.png", title))
+        plots += _finish_extras(run_dir)
         wb.log_final(matrices, summary, plots)
         wandb_dir = wb.directory
     finally:

@@ -1,0 +1,112 @@
+"""Decision thresholds for deployment.
+
+Metrics are threshold-free, but a line needs a yes/no per image and a mask per pixel. After each
+task we compute that task's F1-optimal threshold on its test set (or on a held-out split), for
+image scores and for pixel maps, and report how thresholds drift across training steps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Threshold:
+    """A decision threshold with the F1 it reached where it was fitted."""
+
+    value: float
+    f1: float
+
+
+def f1_optimal_threshold(scores, labels) -> Threshold:
+    """The score threshold maximising F1 (predict anomalous when score >= threshold).
+
+    Exact: every distinct score is tried. Without positives the threshold is the maximum score
+    (nothing flagged) and F1 is NaN.
+    """
+    s = np.asarray(scores, dtype=np.float64).ravel()
+    y = np.asarray(labels).ravel().astype(bool)
+    if s.shape != y.shape:
+        raise ValueError(f"scores ({s.size}) and labels ({y.size}) differ in length")
+    if not y.any():
+        return Threshold(float(s.max()) if s.size else float("nan"), float("nan"))
+    order = np.argsort(-s, kind="stable")
+    s, y = s[order], y[order]
+    last = np.r_[np.flatnonzero(np.diff(s)), s.size - 1]
+    tp = np.cumsum(y)[last]
+    fp = (last + 1) - tp
+    fn = y.sum() - tp
+    f1 = 2 * tp / np.maximum(2 * tp + fp + fn, 1)
+    k = int(np.argmax(f1))
+    return Threshold(float(s[last[k]]), float(f1[k]))
+
+
+def fit_task_thresholds(pred_score, labels, anomaly_map=None, masks=None, held_out: float = 0.0,
+                        seed: int = 0) -> dict:
+    """Image and pixel thresholds for one task.
+
+    With ``held_out`` in (0, 1), thresholds are fitted on that fraction of the test images
+    (stratified by label) and the F1 they reach on the remaining images is reported too.
+    """
+    scores = np.asarray(pred_score, dtype=np.float64)
+    labels = np.asarray(labels).astype(int)
+    idx_fit = np.arange(scores.size)
+    idx_eval = np.array([], dtype=int)
+    if held_out:
+        if not 0 < held_out < 1:
+            raise ValueError(f"held_out must be in (0, 1), got {held_out}")
+        rng = np.random.default_rng(seed)
+        fit, ev = [], []
+        for cls in (0, 1):
+            members = rng.permutation(np.flatnonzero(labels == cls))
+            n = max(1, round(held_out * members.size)) if members.size else 0
+            fit.append(members[:n])
+            ev.append(members[n:])
+        idx_fit, idx_eval = np.sort(np.concatenate(fit)), np.sort(np.concatenate(ev))
+    out = {"image": f1_optimal_threshold(scores[idx_fit], labels[idx_fit]).__dict__, "held_out": held_out}
+    if idx_eval.size:
+        out["image"]["f1_eval"] = _f1_at(scores[idx_eval], labels[idx_eval], out["image"]["value"])
+    if anomaly_map is not None and masks is not None and np.asarray(masks).any():
+        maps = np.asarray(anomaly_map)
+        gt = np.asarray(masks)
+        out["pixel"] = _pixel_threshold(maps[idx_fit], gt[idx_fit]).__dict__
+        if idx_eval.size:
+            out["pixel"]["f1_eval"] = _f1_at(maps[idx_eval], gt[idx_eval], out["pixel"]["value"])
+    return out
+
+
+def _pixel_threshold(maps: np.ndarray, masks: np.ndarray, max_pixels: int = 2_000_000) -> Threshold:
+    """F1-optimal pixel threshold; above `max_pixels` it is fitted on a fixed-seed subsample."""
+    s, y = maps.ravel(), masks.ravel()
+    if s.size > max_pixels:
+        pick = np.random.default_rng(0).choice(s.size, max_pixels, replace=False)
+        s, y = s[pick], y[pick]
+    return f1_optimal_threshold(s, y)
+
+
+def _f1_at(scores, labels, threshold: float) -> float:
+    pred = np.asarray(scores).ravel() >= threshold
+    y = np.asarray(labels).ravel().astype(bool)
+    tp = float((pred & y).sum())
+    denom = 2 * tp + float((pred & ~y).sum()) + float((~pred & y).sum())
+    return 2 * tp / denom if denom else float("nan")
+
+
+def threshold_drift(history: dict[int, dict[int, dict]], kind: str = "image") -> dict:
+    """How the threshold of each task moves over training steps.
+
+    `history[i][j]` is task j's threshold record after training task i. Returns per task the
+    values over steps, their range (max - min) and the relative range (range / first value).
+    """
+    tasks = sorted({j for row in history.values() for j in row})
+    out = {}
+    for j in tasks:
+        vals = [history[i][j][kind]["value"] for i in sorted(history) if j in history[i] and kind in history[i][j]]
+        if not vals:
+            continue
+        rng = float(max(vals) - min(vals))
+        out[j] = {"values": vals, "range": rng,
+                  "relative_range": rng / abs(vals[0]) if vals[0] else float("nan")}
+    return out
