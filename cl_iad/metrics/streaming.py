@@ -44,28 +44,47 @@ class ScoreHistogram:
 
     def add(self, values: np.ndarray, is_pos: np.ndarray, weights: np.ndarray | None = None) -> None:
         """Add scores, their 0/1 labels and (weighted histograms) the anomalous items' weights."""
-        u, inv = np.unique(values.reshape(-1), return_inverse=True)
-        y = is_pos.reshape(-1)
-        cols = np.zeros((u.size, self.n_cols))
-        cols[:, 0] = np.bincount(inv, weights=~y, minlength=u.size)
-        cols[:, 1] = np.bincount(inv, weights=y, minlength=u.size)
-        if self.n_cols == 3:
-            full = np.zeros(y.size)
-            full[y] = weights
-            cols[:, 2] = np.bincount(inv, weights=full, minlength=u.size)
-        u = u.astype(np.float64)
+        u, cols = self._batch_histogram(values.reshape(-1), is_pos.reshape(-1), weights)
         idx = np.searchsorted(self.hi, u, side="left")
         inside = idx < self.hi.size
         inside[inside] = self.lo[idx[inside]] <= u[inside]
-        np.add.at(self.cols, idx[inside], cols[inside])
+        for c in range(self.n_cols):
+            self.cols[:, c] += np.bincount(idx[inside], weights=cols[inside, c], minlength=self.lo.size)
         new = ~inside
         if new.any():
-            lo = np.r_[self.lo, u[new]]
-            order = np.argsort(lo, kind="stable")
-            self.lo, self.hi = lo[order], np.r_[self.hi, u[new]][order]
-            self.cols = np.concatenate([self.cols, cols[new]])[order]
+            self._insert(u[new], cols[new])
         if self.lo.size > self.max_bins:
             self._coarsen()
+
+    def _batch_histogram(self, v: np.ndarray, y: np.ndarray, w: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """Distinct scores of a batch (ascending, float64) and their columns; sorts, no argsort of
+        the (many) normal scores."""
+        neg = np.sort(v[~y])
+        pos_order = np.argsort(v[y], kind="stable")
+        pos = v[y][pos_order]
+        neg_u, neg_start = _distinct(neg)
+        pos_u, pos_start = _distinct(pos)
+        u = np.union1d(neg_u, pos_u)
+        cols = np.zeros((u.size, self.n_cols))
+        cols[np.searchsorted(u, neg_u), 0] = np.diff(np.r_[neg_start, neg.size])
+        at = np.searchsorted(u, pos_u)
+        cols[at, 1] = np.diff(np.r_[pos_start, pos.size])
+        if self.n_cols == 3 and pos.size:
+            cols[at, 2] = np.add.reduceat(w[pos_order], pos_start)
+        return u.astype(np.float64), cols
+
+    def _insert(self, u: np.ndarray, cols: np.ndarray) -> None:
+        """Merge new single-score bins (sorted, outside every bin) into the sorted state, no sort."""
+        at = np.searchsorted(self.lo, u) + np.arange(u.size)
+        old = np.ones(self.lo.size + u.size, dtype=bool)
+        old[at] = False
+        lo = np.empty(old.size)
+        lo[at], lo[old] = u, self.lo
+        hi = np.empty(old.size)
+        hi[at], hi[old] = u, self.hi
+        new_cols = np.empty((old.size, self.n_cols))
+        new_cols[at], new_cols[old] = cols, self.cols
+        self.lo, self.hi, self.cols = lo, hi, new_cols
 
     def _coarsen(self) -> None:
         """Merge neighbours into about max_bins // 2 bins of equal mass, each class weighing 1 in
@@ -106,6 +125,14 @@ class ScoreHistogram:
     @property
     def nbytes(self) -> int:
         return self.lo.nbytes + self.hi.nbytes + self.cols.nbytes
+
+
+def _distinct(sorted_values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct values of a sorted array and the index where each first occurs."""
+    if not sorted_values.size:
+        return sorted_values, np.zeros(0, dtype=np.intp)
+    start = np.r_[0, np.flatnonzero(sorted_values[1:] != sorted_values[:-1]) + 1]
+    return sorted_values[start], start
 
 
 class _RankingMetric:
