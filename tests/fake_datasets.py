@@ -15,6 +15,8 @@ import numpy as np
 from PIL import Image
 
 SIZE = 48
+# image path -> the defect mask written for it, so tests can check that loaders pair masks right
+WRITTEN_MASKS: dict[str, np.ndarray] = {}
 
 
 def _rng(*key: object) -> np.random.Generator:
@@ -44,7 +46,8 @@ def _save(arr: np.ndarray, path: Path) -> Path:
     return path
 
 
-def _mask_png(mask: np.ndarray, path: Path, value: int = 255) -> Path:
+def _mask_png(mask: np.ndarray, path: Path, image_path: Path, value: int = 255) -> Path:
+    WRITTEN_MASKS[str(image_path)] = mask
     return _save(mask.astype(np.uint8) * value, path)
 
 
@@ -59,9 +62,9 @@ def write_mvtec(root: Path, categories=("bottle", "cable", "capsule"), n_train=4
         for d in defects:
             for i in range(n_defect):
                 img, mask = image(c + d, i, True, size)
-                _save(img, root / c / "test" / d / f"{i:03d}.png")
+                path = _save(img, root / c / "test" / d / f"{i:03d}.png")
                 if with_masks:
-                    _mask_png(mask, root / c / "ground_truth" / d / f"{i:03d}_mask.png")
+                    _mask_png(mask, root / c / "ground_truth" / d / f"{i:03d}_mask.png", path)
     return root
 
 
@@ -79,8 +82,7 @@ def write_visa(root: Path, categories=("candle", "pcb1"), n_train=4, n_good=2, n
         for i in range(n_anomaly):
             img, mask = image(c, i, True, size)
             rel, mrel = f"{c}/Data/Images/Anomaly/{i:03d}.JPG", f"{c}/Data/Masks/Anomaly/{i:03d}.png"
-            _save(img, root / rel)
-            _mask_png(mask, root / mrel, value=1 + i % 2)
+            _mask_png(mask, root / mrel, _save(img, root / rel), value=1 + i % 2)
             rows.append((c, "test", "anomaly", rel, mrel))
     (root / "split_csv").mkdir(parents=True, exist_ok=True)
     with (root / "split_csv" / "1cls.csv").open("w", newline="") as fh:
@@ -98,8 +100,8 @@ def write_btech(root: Path, categories=("01", "02", "03"), n_train=4, n_good=2, 
             _save(image("btech" + c, 100 + i, False, size)[0], root / c / "test" / "ok" / f"{i:04d}{ext}")
         for i in range(n_ko):
             img, mask = image("btech" + c, i, True, size)
-            _save(img, root / c / "test" / "ko" / f"{i:04d}{ext}")
-            _mask_png(mask, root / c / "ground_truth" / "ko" / f"{i:04d}.png")
+            path = _save(img, root / c / "test" / "ko" / f"{i:04d}{ext}")
+            _mask_png(mask, root / c / "ground_truth" / "ko" / f"{i:04d}.png", path)
     return root
 
 
@@ -114,8 +116,8 @@ def write_mvtec3d(root: Path, categories=("bagel", "foam"), n_train=4, n_good=2,
         for d, n in (("good", n_good), *((d, n_defect) for d in defects)):
             for i in range(n):
                 img, mask = image(c + d, i, d != "good", size)
-                _save(img, root / c / "test" / d / "rgb" / f"{i:03d}.png")
-                _mask_png(mask, root / c / "test" / d / "gt" / f"{i:03d}.png")
+                path = _save(img, root / c / "test" / d / "rgb" / f"{i:03d}.png")
+                _mask_png(mask, root / c / "test" / d / "gt" / f"{i:03d}.png", path)
                 _xyz(root / c / "test" / d / "xyz" / f"{i:03d}.tiff")
     return root
 
@@ -133,8 +135,8 @@ def write_kolektor(root: Path, n_items=5, parts=(0, 1, 2), defective=(("kos02", 
         item = f"kos{n:02d}"
         for k in parts:
             img, mask = image("kolektor", n * 10 + k, (item, k) in bad, hw=hw)
-            _save(img, root / item / f"Part{k}.jpg")
-            _mask_png(mask, root / item / f"Part{k}_label.bmp")
+            path = _save(img, root / item / f"Part{k}.jpg")
+            _mask_png(mask, root / item / f"Part{k}_label.bmp", path)
     return root
 
 
