@@ -54,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--weights", help="local backbone weights file, or 'random' (smoke tests only)")
     r.add_argument("--image-size", type=int, help="square input size (default 128 synthetic, 256 datasets, "
                                                    "anomalib's default)")
+    r.add_argument("--normalization", default="backbone", choices=["backbone", "imagenet", "none"],
+                   help="input normalisation: the backbone's statistics (default; ImageNet for ResNets, as "
+                        "anomalib), ImageNet's, or none")
     r.add_argument("--buffer-size", type=int, default=20, help="replay: images kept from past tasks")
     r.add_argument("--buffer-policy", default="reservoir", help="replay: reservoir | task_balanced")
     r.add_argument("--metrics", default=",".join(METRICS), help="comma-separated metrics")
@@ -102,7 +105,8 @@ def cmd_run(args) -> int:
     name = None
     for regime in regimes:
         start = time.perf_counter()
-        model = build_model(args.model, backbone=args.backbone, weights=args.weights, seed=args.seed)
+        model = build_model(args.model, backbone=args.backbone, weights=args.weights, seed=args.seed,
+                            normalization=args.normalization)
         eval_mode = "agnostic" if args.task_agnostic else args.eval_mode
         strategy = Strategy(model, regime, buffer_size=args.buffer_size, buffer_policy=args.buffer_policy,
                             seed=args.seed, eval_mode=eval_mode)

@@ -152,3 +152,11 @@ def test_anomalib_btech_mask_name_bug_is_avoided(tmp_path):
     assert theirs[theirs.label_index == 1].mask_path.iloc[0].endswith("/to.png")
     task = load_stream("btech", root, image_size=S)[0]
     assert [s.mask_path.name for s in task.test.samples if s.label] == ["top.png"]
+
+
+def test_default_image_size_is_anomalib_256(fake_roots):
+    stream = load_stream("btech", fake_roots["btech"], categories=["02"])
+    assert stream.info["image_size"] == 256
+    test = stream[0].test
+    item = test[int(np.flatnonzero(test.labels)[0])]
+    assert item["image"].shape == (3, 256, 256) and item["gt_mask"].shape == (256, 256) and item["gt_mask"].any()

@@ -149,3 +149,18 @@ def test_cli_bad_root_is_one_clear_error(tmp_path, capsys):
     err = capsys.readouterr().err
     assert str(tmp_path / "missing") in err and "split_csv/1cls.csv" in err and "spot-diff" in err
     assert "Traceback" not in err
+
+
+def test_normalization_option_sets_the_model_input_statistics():
+    x = torch.rand(1, 3, 8, 8)
+    none = build_model("patchcore", normalization="none")
+    assert torch.equal(none.normalise(x), x)
+    imagenet = build_model("patchcore", normalization="imagenet")
+    expected = (x - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)) / torch.tensor([0.229, 0.224, 0.225]).view(
+        1, 3, 1, 1)
+    assert torch.allclose(imagenet.normalise(x), expected)
+    default = build_model("patchcore")
+    assert torch.allclose(default.normalise(x), (x - 0.5) / 0.5)  # efficientnet-lite's own [-1, 1] scaling
+    assert len({none.feature_key, imagenet.feature_key, default.feature_key}) == 3, "no cache reuse across them"
+    with pytest.raises(ValueError, match="unknown normalization"):
+        build_model("patchcore", normalization="zscore")

@@ -77,6 +77,14 @@ def _task_name(spec: DatasetSpec, category: str, prefix: bool) -> str:
     return f"{spec.name}/{category}"
 
 
+def _full_name(name: str, available: dict[str, tuple[str, str]]) -> str:
+    """`name` itself if it is a task name, else the one task whose bare category it is (else unchanged)."""
+    if name in available:
+        return name
+    matches = [full for full, (_, cat) in available.items() if cat == name]
+    return matches[0] if len(matches) == 1 else name
+
+
 def _select(available: dict[str, tuple[str, str]], categories: Sequence[str] | None,
             specs: dict[str, DatasetSpec], roots: dict[str, Path]) -> list[str]:
     """Full task names of the chosen categories; bare names are accepted when unambiguous."""
@@ -105,7 +113,8 @@ def _order(names: list[str], available: dict[str, tuple[str, str]], order: str |
     """Keywords order within each dataset and keep the dataset chain; explicit lists order globally."""
     keyword = isinstance(order, str) and (order in ORDER_KEYWORDS or order.startswith("random:"))
     if not keyword:
-        return resolve_order(names, order)
+        explicit = _split_list(order) if isinstance(order, str) else list(order)
+        return resolve_order(names, [_full_name(o, available) for o in explicit])
     out = []
     for d in datasets:
         out += resolve_order([n for n in names if available[n][0] == d], order)
