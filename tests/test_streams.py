@@ -163,6 +163,15 @@ def test_corrupt_image_is_named(damage, tmp_path):
     _assert_explains(exc, str(img), "cannot read image", "--skip-bad")
 
 
+def test_truncated_jpeg_is_caught_before_training(tmp_path):
+    root = F.write_visa(tmp_path / "v", ("candle",), size=16)
+    img = root / "candle" / "Data" / "Images" / "Anomaly" / "001.JPG"
+    img.write_bytes(img.read_bytes()[:-40])
+    with pytest.raises(DatasetLayoutError) as exc:
+        load_stream("visa", root)
+    _assert_explains(exc, str(img), "end-of-image", "VisA")
+
+
 def test_skip_bad_skips_and_counts(tmp_path, caplog):
     root = F.write_mvtec(tmp_path / "m", ("bottle", "cable"), size=16)
     (root / "bottle" / "test" / "crack" / "001.png").write_bytes(b"junk")

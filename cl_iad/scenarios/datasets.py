@@ -338,12 +338,32 @@ def get_spec(name: str) -> DatasetSpec:
 # --------------------------------------------------------------------------- file checks
 
 
+def _jpeg_truncated(path: Path) -> bool:
+    """A JPEG must end with the EOI marker; PIL's verify() does not check JPEG data, so a download
+    cut short would otherwise only fail when training reaches it."""
+    with path.open("rb") as fh:
+        fh.seek(0, 2)
+        fh.seek(max(fh.tell() - 64, 0))
+        return b"\xff\xd9" not in fh.read()
+
+
+def _decode(path: Path) -> None:
+    try:
+        with Image.open(path) as im:
+            im.load()
+    except PIL_ERRORS as exc:
+        raise OSError(f"JPEG data ends before its end-of-image marker ({exc!s})") from exc
+
+
 def _check_one(sample: Sample) -> str | None:
-    """Why `sample` cannot be used, or None. Reads headers and verifies PNG/BMP integrity."""
+    """Why `sample` cannot be used, or None. Reads headers and verifies PNG/BMP integrity and JPEG ends."""
     try:
         with Image.open(sample.image_path) as im:
             size = im.size
+            fmt = im.format
             im.verify()
+        if fmt == "JPEG" and _jpeg_truncated(sample.image_path):
+            _decode(sample.image_path)  # trailing bytes after the marker are legal: decide by decoding
     except PIL_ERRORS as exc:
         return f"cannot read image {sample.image_path}: {exc!s} (the file is missing, truncated or not an image)."
     if sample.mask_path is None:
