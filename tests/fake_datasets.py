@@ -140,8 +140,8 @@ def write_kolektor(root: Path, n_items=5, parts=(0, 1, 2), defective=(("kos02", 
     return root
 
 
-def write_folder(root: Path, categories=("widget", "gadget"), masks_for=("widget",), size=SIZE) -> Path:
+def write_folder(root: Path, categories=("widget", "gadget"), masks_for=("widget",), size=SIZE, **sizes) -> Path:
     """A custom folder: MVTec layout per category; masks only for the categories in `masks_for`."""
     for c in categories:
-        write_mvtec(root, (c,), defects=("dent",), with_masks=c in masks_for, size=size)
+        write_mvtec(root, (c,), defects=("dent",), with_masks=c in masks_for, size=size, **sizes)
     return root

@@ -22,10 +22,10 @@ from cl_iad.strategies.router import FeatureStatsRouter
 def chain_run(tmp_path_factory):
     """MVTec AD (2 categories) then VisA (1) then a custom folder without masks, one corrupt file skipped."""
     base = tmp_path_factory.mktemp("e2e")
-    mvtec = F.write_mvtec(base / "mvtec", ("bottle", "cable"), n_train=4, n_good=2, n_defect=2)
-    visa = F.write_visa(base / "visa", ("candle",))
-    folder = F.write_folder(base / "folder", ("gadget",), masks_for=())
-    (mvtec / "cable" / "test" / "hole" / "001.png").write_bytes(b"not a png")
+    mvtec = F.write_mvtec(base / "mvtec", ("bottle", "cable"), n_train=3, n_good=1, n_defect=1)
+    visa = F.write_visa(base / "visa", ("candle",), n_train=3, n_good=1, n_anomaly=2)
+    folder = F.write_folder(base / "folder", ("gadget",), masks_for=(), n_train=3, n_good=1, n_defect=2)
+    (mvtec / "cable" / "test" / "crack" / "000.png").write_bytes(b"not a png")
     stream = load_stream("mvtec+visa+folder", [mvtec, visa, folder], image_size=64, skip_bad=True)
     strategy = Strategy(build_model("patchcore"), "naive")
     return run(strategy, stream, base / "out", wandb="off", progress=False), stream
@@ -38,7 +38,7 @@ def test_cross_dataset_stream_runs_end_to_end(chain_run):
     assert len(cells) == 4 * 4 * 5
     cfg = json.loads((result.run_dir / "config.json").read_text())["settings"]
     assert cfg["dataset"] == "mvtec+visa+folder" and cfg["tasks"] == stream.names
-    assert cfg["skipped_files"] == 1 and "cable/test/hole/001.png" in cfg["skipped"][0]
+    assert cfg["skipped_files"] == 1 and "cable/test/crack/000.png" in cfg["skipped"][0]
     assert cfg["eval_mode"] == "agnostic" and cfg["task_aware"] is False
     for m in ("image_auroc", "pixel_auroc", "pro"):
         assert (result.run_dir / f"matrix_{m}.csv").is_file()

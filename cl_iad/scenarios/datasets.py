@@ -188,11 +188,10 @@ def _visa_rows(root: Path, spec: DatasetSpec) -> list[dict[str, str]]:
 
 
 def _discover_visa(root: Path, spec: DatasetSpec) -> list[str]:
-    return sorted({r["object"] for r in _visa_rows(root, spec) if (root / r["object"]).is_dir()}) or _no_visa(root, spec)
-
-
-def _no_visa(root: Path, spec: DatasetSpec) -> list[str]:
-    raise spec.error(f"none of the categories named in {root / VISA_SPLIT} has a folder under {root}.")
+    found = sorted({r["object"] for r in _visa_rows(root, spec) if (root / r["object"]).is_dir()})
+    if not found:
+        raise spec.error(f"none of the categories named in {root / VISA_SPLIT} has a folder under {root}.")
+    return found
 
 
 def _read_visa(root, category, spec, bad):

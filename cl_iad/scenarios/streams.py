@@ -57,10 +57,13 @@ def parse_group(group: str | int | None, n: int) -> list[int]:
 
 
 def _split_list(value: str | Path | Sequence[str | Path] | None) -> list:
+    """A comma-separated string, a single path, or a sequence, as a list."""
     if value is None:
         return []
-    if isinstance(value, (str, Path)):
-        return [v.strip() for v in str(value).split(",") if v.strip()] if isinstance(value, str) else [value]
+    if isinstance(value, str):
+        return [v.strip() for v in value.split(",") if v.strip()]
+    if isinstance(value, Path):
+        return [value]
     return list(value)
 
 
