@@ -160,3 +160,23 @@ def test_default_image_size_is_anomalib_256(fake_roots):
     test = stream[0].test
     item = test[int(np.flatnonzero(test.labels)[0])]
     assert item["image"].shape == (3, 256, 256) and item["gt_mask"].shape == (256, 256) and item["gt_mask"].any()
+
+
+def test_anomalib_converted_visa_tree_reads_as_folder(tmp_path):
+    """anomalib's visa_pytorch/: MVTec layout with .JPG images and <stem>.png masks."""
+    root = tmp_path / "visa_pytorch"
+    for split, label, n in (("train", "good", 2), ("test", "good", 1), ("test", "bad", 2)):
+        for i in range(n):
+            img, mask = F.image("candle", i, label == "bad")
+            Image.fromarray(img).save(_mkdir(root / "candle" / split / label) / f"{i:04d}.JPG", format="JPEG")
+            if label == "bad":
+                Image.fromarray(mask.astype(np.uint8) * 255).save(_mkdir(root / "candle" / "ground_truth" / "bad")
+                                                                  / f"{i:04d}.png")
+    task = load_stream("folder", root, image_size=S)[0]
+    assert (len(task.train), len(task.test), int(task.test.labels.sum())) == (2, 3, 2)
+    assert task.test.has_pixel_gt and all(m.any() for m in task.test.masks()[task.test.labels == 1])
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
