@@ -31,10 +31,18 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     r = sub.add_parser("run", help="train task after task and evaluate every task after each one")
-    r.add_argument("--dataset", default="synthetic", choices=["synthetic", "folder"],
-                   help="synthetic: built-in generator; folder: categories in MVTec AD layout under --root")
-    r.add_argument("--root", type=Path, help="dataset root (for synthetic: where to generate, default a temp dir)")
-    r.add_argument("--categories", help="comma-separated subset of categories")
+    r.add_argument("--dataset", default="synthetic",
+                   help="synthetic | mvtec | visa | btech | mvtec3d | kolektor | folder (categories in MVTec AD "
+                        "layout, masks optional); chain datasets with '+', e.g. mvtec+visa")
+    r.add_argument("--root", help="dataset root; comma-separated, one per dataset, for a chain "
+                                  "(for synthetic: where to generate, default a temp dir)")
+    r.add_argument("--categories", help="comma-separated subset of categories (dataset/category in a chain)")
+    r.add_argument("--group", help="tasks of several categories: 14-1, 10-5, 3x5, 10-1x5 (default one per task)")
+    r.add_argument("--eval-mode", default="aware", choices=["aware", "agnostic"],
+                   help="per_task: aware = task id given at test time; agnostic = a router picks the task model")
+    r.add_argument("--task-agnostic", action="store_true", help="same as --eval-mode agnostic")
+    r.add_argument("--skip-bad", action="store_true",
+                   help="skip unreadable or inconsistent files with a warning (counted in config.json)")
     r.add_argument("--n-tasks", type=int, default=5, help="synthetic: number of categories when none are named")
     r.add_argument("--order", default="alphabetical",
                    help="alphabetical | reverse | random:SEED | comma-separated category names")
@@ -44,7 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "naive,replay,cumulative,joint,per_task")
     r.add_argument("--backbone", default="efficientnet_lite0", help="efficientnet_lite0 | resnet18 | wide_resnet50_2")
     r.add_argument("--weights", help="local backbone weights file, or 'random' (smoke tests only)")
-    r.add_argument("--image-size", type=int, help="square input size (default 128 synthetic, 256 folder)")
+    r.add_argument("--image-size", type=int, help="square input size (default 128 synthetic, 256 datasets, "
+                                                   "anomalib's default)")
+    r.add_argument("--normalization", default="backbone", choices=["backbone", "imagenet", "none"],
+                   help="input normalisation: the backbone's statistics (default; ImageNet for ResNets, as "
+                        "anomalib), ImageNet's, or none")
     r.add_argument("--buffer-size", type=int, default=20, help="replay: images kept from past tasks")
     r.add_argument("--buffer-policy", default="reservoir", help="replay: reservoir | task_balanced")
     r.add_argument("--metrics", default=",".join(METRICS), help="comma-separated metrics")
@@ -86,15 +98,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _scenario(args):
-    from .scenarios import from_folder, synthetic
+    from .scenarios import synthetic
+    from .scenarios.streams import DEFAULT_IMAGE_SIZE, load_stream
 
     cats = _csv_list(args.categories)
     if args.dataset == "synthetic":
-        return synthetic(args.root, categories=cats, n_tasks=args.n_tasks, order=args.order,
-                         image_size=args.image_size or 128, seed=args.seed)
-    if args.root is None:
-        raise SystemExit("error: --dataset folder needs --root PATH (a folder of MVTec AD-layout categories)")
-    return from_folder(args.root, cats, args.order, args.image_size or 256)
+        scenario = synthetic(args.root, categories=cats, n_tasks=args.n_tasks, order=args.order,
+                             image_size=args.image_size or 128, seed=args.seed)
+        if args.group:
+            from .scenarios.streams import regroup
+
+            scenario = regroup(scenario, args.group)
+        return scenario
+    if not args.root:
+        raise SystemExit(f"error: --dataset {args.dataset} needs --root PATH (comma-separated, one per dataset)")
+    return load_stream(args.dataset, args.root, cats, args.order, args.group,
+                       args.image_size or DEFAULT_IMAGE_SIZE, skip_bad=args.skip_bad, progress=not args.no_progress)
 
 
 def cmd_run(args) -> int:
@@ -112,9 +131,11 @@ def cmd_run(args) -> int:
     name = None
     for regime in regimes:
         start = time.perf_counter()
-        model = build_model(args.model, backbone=args.backbone, weights=args.weights, seed=args.seed)
+        model = build_model(args.model, backbone=args.backbone, weights=args.weights, seed=args.seed,
+                            normalization=args.normalization)
+        eval_mode = "agnostic" if args.task_agnostic else args.eval_mode
         strategy = Strategy(model, regime, buffer_size=args.buffer_size, buffer_policy=args.buffer_policy,
-                            seed=args.seed)
+                            seed=args.seed, eval_mode=eval_mode)
         if args.name:
             name = args.name if len(regimes) == 1 else f"{args.name}-{regime}"
         result = run(strategy, scenario, args.out, name=name, metrics=_csv_list(args.metrics),

@@ -34,6 +34,9 @@ def print_result(result, strategy, seconds: float, console: Console | None = Non
     console.print(s)
     if strategy.task_aware:
         console.print("[dim]per_task is task-aware: each task keeps its own model, so FM is 0 by construction.[/]")
+    if getattr(strategy, "routes", False):
+        console.print("[dim]per_task is task-agnostic: a router picks each test image's task model; "
+                      "routing_accuracy is the share of a task's images sent to its own model.[/]")
     console.print(f"results: {result.run_dir}  ({seconds:.1f} s)")
     if result.wandb_dir is not None:
         console.print(f"W&B run: {result.wandb_dir}  (sync later with: wandb sync {result.wandb_dir})")

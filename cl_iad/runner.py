@@ -29,6 +29,10 @@ METRIC_FUNCTIONS: dict[str, Callable[[Predictions, np.ndarray, np.ndarray], floa
     "image_aupr": lambda p, y, g: M.image_aupr(p.pred_score, y),
     "pixel_aupr": lambda p, y, g: M.pixel_aupr(p.anomaly_map, g),
 }
+PIXEL_METRICS = ("pixel_auroc", "pro", "pixel_aupr")
+# fraction of a task's test images that task-agnostic per_task routes to that task's model;
+# NaN for tasks not trained yet (no right answer exists). Added to `metrics` when the strategy routes.
+ROUTING_METRIC = "routing_accuracy"
 KEY_PACKAGES = ("cl_iad", "torch", "torchvision", "anomalib", "avalanche-lib", "torchmetrics", "timm", "numpy",
                 "pandas", "wandb")
 
@@ -65,10 +69,18 @@ def run_name(scenario: Scenario, strategy: Strategy) -> str:
 
 
 def evaluate(pred: Predictions, labels: np.ndarray, masks: np.ndarray, metrics: Sequence[str],
-             task_name: str) -> dict[str, float]:
-    """Every requested metric on one test set; undefined metrics become NaN with a logged reason."""
+             task_name: str, pixel_gt: bool = True) -> dict[str, float]:
+    """Every requested metric on one test set; undefined metrics become NaN with a logged reason.
+
+    Without pixel ground truth (`pixel_gt` False: some anomalous image has no mask), pixel
+    metrics are NaN rather than scores against all-normal masks.
+    """
     out = {}
     for metric in metrics:
+        if metric in PIXEL_METRICS and not pixel_gt:
+            log.info("task %s: %s is NaN: the test set has anomalous images without masks", task_name, metric)
+            out[metric] = float("nan")
+            continue
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             out[metric] = METRIC_FUNCTIONS[metric](pred, labels, masks)
@@ -86,7 +98,7 @@ def _record_extras(run_dir: Path, i: int, j: int, trained: str, other, pred: Pre
     from .visualize import save_examples
 
     if j <= i:
-        has_map = pred.anomaly_map is not None
+        has_map = pred.anomaly_map is not None and other.test.has_pixel_gt
         rec = fit_task_thresholds(pred.pred_score, labels, pred.anomaly_map if has_map else None,
                                   masks if has_map else None)
         line = json.dumps({"trained_upto": i, "trained_task": trained, "eval_task": other.name, **rec})
@@ -122,6 +134,13 @@ def _finish_extras(run_dir: Path) -> list[Path]:
     if (run_dir / "examples").is_dir():
         return [example_grid(run_dir)]
     return []
+
+
+def _routing_accuracy(pred: Predictions, task_id: int) -> float:
+    """Share of a task's test images routed to that task's own model."""
+    if pred.routed_task is None:
+        return float("nan")
+    return float(np.mean(pred.routed_task == task_id))
 
 
 def _prepare_run_dir(run_dir: Path, config: dict, overwrite: bool) -> None:
@@ -164,6 +183,9 @@ def run(
     unknown = [m for m in metrics if m not in METRIC_FUNCTIONS]
     if unknown:
         raise ValueError(f"unknown metrics {unknown}; choose from {list(METRIC_FUNCTIONS)}")
+    task_metrics = list(metrics)
+    if strategy.routes:
+        metrics = [*task_metrics, ROUTING_METRIC]
     name = name or run_name(scenario, strategy)
     run_dir = Path(out_dir) / name
     settings = {"dataset": scenario.dataset, "root": str(scenario.root), "tasks": scenario.names,
@@ -187,8 +209,12 @@ def run(
                     truth[j] = (other.test.labels, other.test.masks())
                 if todo:
                     bar.set_postfix_str(f"eval {other.name}")
-                    pred = strategy.predict(other.test, task_id=j)
-                    values = evaluate(pred, *truth[j], todo, other.name)
+                    pred = strategy.predict(other.test, task_id=j if strategy.task_aware else None)
+                    values = evaluate(pred, *truth[j], [m for m in todo if m != ROUTING_METRIC], other.name,
+                                      pixel_gt=other.test.has_pixel_gt)
+                    if ROUTING_METRIC in todo:
+                        values[ROUTING_METRIC] = (_routing_accuracy(pred, other.task_id) if j <= i
+                                                  else float("nan"))
                     _record_extras(run_dir, i, j, task.name, other, pred, *truth[j])
                     store.append([(i, task.name, other.name, m, v) for m, v in values.items()])
                     row.update({f"{m}/{other.name}": v for m, v in values.items()})
@@ -196,11 +222,14 @@ def run(
             wb.log_row(i, row)
         bar.close()
         cells = store.cells()
-        baselines = {m: [chance_baseline(m, *truth[j]) for j in range(t)] for m in metrics}
+        baselines = {m: [chance_baseline(m, *truth[j]) if m in METRIC_FUNCTIONS else float("nan")
+                         for j in range(t)] for m in metrics}
         summary = write_tables(run_dir, cells, names, metrics, strategy.task_aware, baselines)
         matrices = {m: matrix(cells, m, names) for m in metrics}
         plots = []
         aware = "task-aware" if strategy.task_aware else "task-agnostic"
+        if strategy.routes:
+            aware += ", routed"
         for m, R in matrices.items():
             title = f"{m} | {strategy.model.name} {strategy.regime} ({aware})"
             plots.append(matrix_heatmap(R, m, run_dir / "plots" / f"matrix_{m}.png", title))

@@ -2,6 +2,7 @@
 
 from .base import DatasetLayoutError, Experience, ImageSet, Sample, Scenario, Stream, Task, resolve_order
 from .folder import from_folder, synthetic
+from .streams import load_stream, parse_group, regroup
 
 __all__ = ["DatasetLayoutError", "Experience", "ImageSet", "Sample", "Scenario", "Stream", "Task",
-           "from_folder", "resolve_order", "synthetic"]
+           "from_folder", "load_stream", "parse_group", "regroup", "resolve_order", "synthetic"]

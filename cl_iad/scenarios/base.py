@@ -29,7 +29,11 @@ class DatasetLayoutError(ValueError):
 
 @dataclass(frozen=True)
 class Sample:
-    """One image on disk. `label` is 1 for anomalous; `mask_path` is None for normal images."""
+    """One image on disk. `label` is 1 for anomalous.
+
+    `mask_path` is None for normal images (an all-normal mask) and for anomalous images whose
+    dataset has no ground truth; :attr:`ImageSet.has_pixel_gt` then turns pixel metrics to NaN.
+    """
 
     image_path: Path
     label: int
@@ -58,11 +62,23 @@ def _load_mask(path: Path, size: int, image_path: Path) -> torch.Tensor:
                     f"mask {path} is {im.size[0]}x{im.size[1]} but its image {image_path} is "
                     f"{ref.size[0]}x{ref.size[1]}; a mask must match its image pixel for pixel."
                 )
-            im = im.convert("L").resize((size, size), Image.NEAREST)
+            binary = _binarise(im)
+            im = Image.fromarray(binary.astype(np.uint8) * 255).resize((size, size), Image.NEAREST)
             arr = np.asarray(im) > 0
     except OSError as exc:
         raise DatasetLayoutError(f"cannot read mask {path}: {exc}") from exc
     return torch.from_numpy(arr)
+
+
+def _binarise(im: Image.Image) -> np.ndarray:
+    """Anomalous where any channel of the raw mask is non-zero (VisA stores region ids, not 255).
+
+    Converting to "L" first would round a dark colour such as (1, 0, 0) to 0 and lose the pixel.
+    """
+    if im.mode == "P":
+        im = im.convert("RGB")
+    arr = np.asarray(im)
+    return arr.reshape(arr.shape[0], arr.shape[1], -1)[..., :3].any(axis=-1)
 
 
 class ImageSet(Dataset):
@@ -95,6 +111,11 @@ class ImageSet(Dataset):
             if s.mask_path is not None:
                 out[i] = _load_mask(s.mask_path, self.image_size, s.image_path).numpy()
         return out
+
+    @property
+    def has_pixel_gt(self) -> bool:
+        """Whether every anomalous image has a mask; without one, pixel metrics are undefined (NaN)."""
+        return all(s.label == 0 or s.mask_path is not None for s in self.samples)
 
     @property
     def labels(self) -> np.ndarray:

@@ -7,8 +7,13 @@ Regimes for models that fit in one pass from frozen features:
 * ``cumulative``: all data seen so far.
 * ``joint``: all tasks at once, fitted when the first task arrives (the upper bound); every
   row of the matrix then comes from the same model.
-* ``per_task``: one fitted state per task, chosen by the task id at test time (task-aware).
-  Tasks not yet trained are scored with the newest state, for forward transfer.
+* ``per_task``: one fitted state per task. With ``eval_mode="aware"`` the task id given at
+  test time picks the state (tasks not yet trained are scored with the newest state, for
+  forward transfer). With ``eval_mode="agnostic"`` no id is given: a
+  :class:`~.router.FeatureStatsRouter` picks a state per test image, and the predictions
+  carry the routed task ids so the runner can report routing accuracy.
+
+Other regimes keep one model and never use the task id, so they are task-agnostic anyway.
 """
 
 from __future__ import annotations
@@ -23,10 +28,12 @@ from torch.utils.data import DataLoader
 from ..scenarios.base import ImageSet, Sample, Scenario, Task
 from .buffers import ReplayBuffer
 from .models import FrozenFeatureModel
+from .router import FeatureStatsRouter
 
 log = logging.getLogger(__name__)
 
 REGIMES = ("naive", "replay", "cumulative", "joint", "per_task")
+EVAL_MODES = ("aware", "agnostic")
 
 
 class FeatureCache:
@@ -64,6 +71,7 @@ class Predictions:
 
     pred_score: np.ndarray  # (N,)
     anomaly_map: np.ndarray  # (N, H, W) float32
+    routed_task: np.ndarray | None = None  # (N,) task id chosen per image, task-agnostic per_task only
 
 
 class Strategy:
@@ -81,9 +89,13 @@ class Strategy:
         batch_size: int = 16,
         cache: FeatureCache | None = None,
         seed: int = 0,
+        eval_mode: str = "aware",
+        router_metric: str = "gaussian",
     ) -> None:
         if regime not in REGIMES:
             raise ValueError(f"unknown regime {regime!r}; choose from {', '.join(REGIMES)}")
+        if eval_mode not in EVAL_MODES:
+            raise ValueError(f"unknown eval mode {eval_mode!r}; choose from {', '.join(EVAL_MODES)}")
         self.model = model
         self.regime = regime
         self.buffer_size = buffer_size
@@ -91,6 +103,9 @@ class Strategy:
         self.batch_size = batch_size
         self.cache = cache if cache is not None else FeatureCache()
         self.seed = seed
+        self.eval_mode = eval_mode
+        self.router_metric = router_metric
+        self.router_ = FeatureStatsRouter(router_metric) if self.routes else None
         self.buffer_ = ReplayBuffer(buffer_size, buffer_policy, seed) if regime == "replay" else None
         self.seen_: list[Sample] = []
         self.task_states_: dict[int, dict[str, torch.Tensor]] = {}
@@ -99,12 +114,18 @@ class Strategy:
     @property
     def task_aware(self) -> bool:
         """Whether predictions use the task id at test time."""
-        return self.regime == "per_task"
+        return self.regime == "per_task" and self.eval_mode == "aware"
+
+    @property
+    def routes(self) -> bool:
+        """Whether test images are routed to a task model (task-agnostic ``per_task``)."""
+        return self.regime == "per_task" and self.eval_mode == "agnostic"
 
     def config(self) -> dict:
         return {"regime": self.regime, "buffer_size": self.buffer_size if self.regime == "replay" else None,
                 "buffer_policy": self.buffer_policy if self.regime == "replay" else None,
-                "task_aware": self.task_aware, **self.model.config()}
+                "task_aware": self.task_aware, "eval_mode": "aware" if self.task_aware else "agnostic",
+                "router": f"feature_stats:{self.router_metric}" if self.routes else None, **self.model.config()}
 
     def _training_samples(self, task: Task, scenario: Scenario) -> list[Sample] | None:
         """The normal samples this regime fits on at `task`, or None to keep the current state."""
@@ -125,7 +146,10 @@ class Strategy:
         samples = self._training_samples(task, scenario)
         if samples is not None:
             data = ImageSet(samples, task.train.image_size)
-            self.model.fit(self.cache.embeddings(self.model, data, self.batch_size))
+            embeddings = self.cache.embeddings(self.model, data, self.batch_size)
+            self.model.fit(embeddings)
+            if self.router_ is not None:
+                self.router_.add_task(task.task_id, embeddings)
             log.debug("task %d (%s): fitted %s on %d images", task.task_id, task.name, self.model.name, len(samples))
         if self.buffer_ is not None:
             self.buffer_.update(task.train.samples)
@@ -138,13 +162,32 @@ class Strategy:
     @torch.no_grad()
     def predict(self, data: ImageSet, task_id: int | None = None) -> Predictions:
         """Scores and maps on `data`; `task_id` selects the per-task state when task-aware."""
+        emb = self.cache.embeddings(self.model, data, self.batch_size)
+        if self.routes:
+            return self._predict_routed(emb, data.image_size)
         if self.regime == "per_task":
             if task_id is None:
-                raise ValueError("per_task needs the task id at test time (task-aware evaluation)")
+                raise ValueError("per_task with eval_mode='aware' needs the task id at test time; "
+                                 "use eval_mode='agnostic' to route images to task models instead")
             chosen = task_id if task_id in self.task_states_ else self.trained_tasks_[-1]
             self.model.set_state(self.task_states_[chosen])
-        emb = self.cache.embeddings(self.model, data, self.batch_size)
-        size = (data.image_size, data.image_size)
+        return self._score(emb, data.image_size)
+
+    def _predict_routed(self, emb: torch.Tensor, image_size: int) -> Predictions:
+        """Route each image to a trained task, then score it with that task's state."""
+        routed = self.router_.route(emb)
+        scores = np.zeros(len(emb), dtype=np.float64)
+        maps = np.zeros((len(emb), image_size, image_size), dtype=np.float32)
+        for tid in routed.unique().tolist():
+            idx = (routed == tid).nonzero().flatten()
+            self.model.set_state(self.task_states_[tid])
+            part = self._score(emb[idx], image_size)
+            scores[idx.numpy()] = part.pred_score
+            maps[idx.numpy()] = part.anomaly_map
+        return Predictions(scores, maps, routed.numpy())
+
+    def _score(self, emb: torch.Tensor, image_size: int) -> Predictions:
+        size = (image_size, image_size)
         scores, maps = [], []
         for start in range(0, len(emb), self.batch_size):
             s, m = self.model.score(emb[start : start + self.batch_size], size)

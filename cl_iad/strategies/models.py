@@ -25,6 +25,23 @@ from .coreset import greedy_coreset_indices
 log = logging.getLogger(__name__)
 
 
+NORMALIZATIONS = ("backbone", "imagenet", "none")
+
+
+def _normalization_stats(name: str, spec) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Input mean/std: the backbone's own (default; ImageNet for ResNets, as anomalib's
+    PreProcessor), ImageNet's, or none (images stay in [0, 1])."""
+    from ..backbones import IMAGENET_MEAN, IMAGENET_STD
+
+    if name == "backbone":
+        return spec.mean, spec.std
+    if name == "imagenet":
+        return IMAGENET_MEAN, IMAGENET_STD
+    if name == "none":
+        return (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
+    raise ValueError(f"unknown normalization {name!r}; choose from {', '.join(NORMALIZATIONS)}")
+
+
 class FrozenFeatureModel:
     """Base for models that fit from frozen-backbone embeddings in one pass (no gradients)."""
 
@@ -39,14 +56,17 @@ class FrozenFeatureModel:
         weights: str | Path | None = None,
         layers: Sequence[str] | None = None,
         seed: int = 0,
+        normalization: str = "backbone",
     ) -> None:
         self.backbone = backbone
         self.weights = weights
         spec = backbone_spec(backbone)
         self.layers = list(layers) if layers else [spec.layers[i] for i in self.default_layer_picks]
         self.seed = seed
-        self._mean = torch.tensor(spec.mean).view(1, 3, 1, 1)
-        self._std = torch.tensor(spec.std).view(1, 3, 1, 1)
+        self.normalization = normalization
+        mean, std = _normalization_stats(normalization, spec)
+        self._mean = torch.tensor(mean).view(1, 3, 1, 1)
+        self._std = torch.tensor(std).view(1, 3, 1, 1)
         with torch.random.fork_rng():
             torch.manual_seed(seed)
             self.module = self._build(spec.timm_name)
@@ -63,13 +83,14 @@ class FrozenFeatureModel:
     def config(self) -> dict:
         """Settings that define this model, for config.json and cache keys."""
         return {"model": self.name, "backbone": self.backbone, "weights": weights_tag(self.weights),
-                "layers": list(self.layers), "seed": self.seed}
+                "layers": list(self.layers), "seed": self.seed, "normalization": self.normalization}
 
     @property
     def feature_key(self) -> str:
         """Identifies the embeddings `extract` returns; equal keys mean reusable features."""
         c = self.config()
-        return f"{self.name}|{c['backbone']}|{c['weights']}|{','.join(self.layers)}|seed{self.seed}"
+        return (f"{self.name}|{c['backbone']}|{c['weights']}|{','.join(self.layers)}|seed{self.seed}"
+                f"|norm:{self.normalization}")
 
     # -- inference pieces ---------------------------------------------------------------
     def normalise(self, images: torch.Tensor) -> torch.Tensor:

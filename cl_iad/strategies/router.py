@@ -1,0 +1,68 @@
+"""Task routers for task-agnostic evaluation of per-task models.
+
+When the task id is not given at test time, ``per_task`` must pick which task's model scores
+an image. :class:`FeatureStatsRouter` keeps, per task, the mean and per-channel variance of
+the spatially mean-pooled backbone embeddings of the task's *training* images (normal images
+only; no test data is used) and sends a test image to the task under which its pooled
+embedding is most likely (a diagonal Gaussian; ``metric="euclidean"`` uses the distance to
+the task mean instead). It reads the same cached embeddings the model is fitted on, so
+routing costs no extra backbone pass.
+"""
+
+from __future__ import annotations
+
+import torch
+
+ROUTER_METRICS = ("gaussian", "euclidean")
+
+
+class FeatureStatsRouter:
+    """Nearest task by pooled-embedding statistics of each task's train set."""
+
+    def __init__(self, metric: str = "gaussian", eps: float = 1e-4) -> None:
+        if metric not in ROUTER_METRICS:
+            raise ValueError(f"unknown router metric {metric!r}; choose from {ROUTER_METRICS}")
+        self.metric = metric
+        self.eps = eps
+        self.task_ids_: list[int] = []
+        self.means_: list[torch.Tensor] = []
+        self.vars_: list[torch.Tensor] = []
+
+    @staticmethod
+    def pool(embeddings: torch.Tensor) -> torch.Tensor:
+        """(N, C, h, w) -> (N, C): mean over positions."""
+        return embeddings.float().mean(dim=(-2, -1)) if embeddings.ndim == 4 else embeddings.float()
+
+    def add_task(self, task_id: int, train_embeddings: torch.Tensor) -> FeatureStatsRouter:
+        """Record the statistics of one task's training embeddings (replacing earlier ones of that id)."""
+        pooled = self.pool(train_embeddings)
+        mean = pooled.mean(0)
+        var = pooled.var(0, unbiased=False) if len(pooled) > 1 else torch.zeros_like(mean)
+        # floor the variance by a fraction of its average, so a channel that is constant in a
+        # small train set does not dominate the likelihood
+        var = var + self.eps + 0.01 * var.mean()
+        if task_id in self.task_ids_:
+            k = self.task_ids_.index(task_id)
+            self.means_[k], self.vars_[k] = mean, var
+        else:
+            self.task_ids_.append(task_id)
+            self.means_.append(mean)
+            self.vars_.append(var)
+        return self
+
+    def scores(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """(N, K) cost of each image under each known task (lower is closer)."""
+        if not self.task_ids_:
+            raise RuntimeError("the router knows no task yet; fit at least one task before predicting")
+        x = self.pool(embeddings)
+        means = torch.stack(self.means_)  # (K, C)
+        diff = x[:, None, :] - means[None]
+        if self.metric == "euclidean":
+            return diff.pow(2).sum(-1)
+        var = torch.stack(self.vars_)
+        return (diff.pow(2) / var[None]).sum(-1) + var.log().sum(-1)[None]
+
+    def route(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """The chosen task id for each image."""
+        idx = self.scores(embeddings).argmin(dim=1)
+        return torch.tensor(self.task_ids_, dtype=torch.long)[idx]
