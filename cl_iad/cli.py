@@ -98,22 +98,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _scenario(args):
-    from .scenarios import synthetic
-    from .scenarios.streams import DEFAULT_IMAGE_SIZE, load_stream
+    from .scenarios.streams import build_scenario
 
-    cats = _csv_list(args.categories)
-    if args.dataset == "synthetic":
-        scenario = synthetic(args.root, categories=cats, n_tasks=args.n_tasks, order=args.order,
-                             image_size=args.image_size or 128, seed=args.seed)
-        if args.group:
-            from .scenarios.streams import regroup
-
-            scenario = regroup(scenario, args.group)
-        return scenario
-    if not args.root:
-        raise SystemExit(f"error: --dataset {args.dataset} needs --root PATH (comma-separated, one per dataset)")
-    return load_stream(args.dataset, args.root, cats, args.order, args.group,
-                       args.image_size or DEFAULT_IMAGE_SIZE, skip_bad=args.skip_bad, progress=not args.no_progress)
+    return build_scenario(args.dataset, args.root, _csv_list(args.categories), args.order, args.group,
+                          args.image_size, skip_bad=args.skip_bad, seed=args.seed, n_tasks=args.n_tasks,
+                          progress=not args.no_progress)
 
 
 def cmd_run(args) -> int:

@@ -105,7 +105,7 @@ def load_config(path: Path | str) -> dict:
 
 
 DATASET_KEYS = ("dataset", "root", "categories", "n_tasks", "image_size", "group", "n_train", "n_test_good",
-                "n_test_per_defect")
+                "n_test_per_defect", "skip_bad")
 
 
 def expand(cfg: dict, out_dir: Path | str) -> list[Job]:
@@ -137,17 +137,10 @@ def expand(cfg: dict, out_dir: Path | str) -> list[Job]:
 
 def build_scenario(dataset: dict, order: str, seed: int = 0):
     """The scenario a job describes."""
-    from .scenarios import from_folder, synthetic
+    from .scenarios.streams import build_scenario as build
 
-    kind = dataset.get("dataset", "synthetic")
-    size = dataset.get("image_size")
-    if kind == "synthetic":
-        extra = {k: dataset[k] for k in ("n_train", "n_test_good", "n_test_per_defect") if k in dataset}
-        return synthetic(dataset.get("root"), categories=dataset.get("categories"), n_tasks=dataset.get("n_tasks", 5),
-                         order=order, image_size=size or 128, seed=seed, **extra)
-    if not dataset.get("root"):
-        raise SweepConfigError(f"dataset {kind!r} needs 'root' in the sweep config")
-    return from_folder(dataset["root"], dataset.get("categories"), order, size or 256)
+    kwargs = {k: v for k, v in dataset.items() if k != "dataset"}
+    return build(dataset.get("dataset", "synthetic"), order=order, seed=seed, **kwargs)
 
 
 def _is_finished(run_dir: Path) -> bool:
