@@ -7,10 +7,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .base import DatasetLayoutError, ImageSet, Sample, Scenario, Task, resolve_order
+from .datasets import IMAGE_SUFFIXES
 from .synthetic import CATEGORIES as SYNTHETIC_CATEGORIES
 from .synthetic import SyntheticSpec, generate
-
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
 
 MVTEC_LAYOUT = """\
   <root>/<category>/train/good/*.png
