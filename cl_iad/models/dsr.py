@@ -22,9 +22,10 @@ class DSR(GradientModel):
     provide the quantised feature space DSR re-projects, so there is no offline fallback: pass
     ``vq_weights=<file>`` (``--vq-weights`` in the CLI), or construction fails with instructions.
 
-    Each task's epochs follow anomalib's two phases: the first ``upsampling_train_ratio`` of them
-    train the subspace-restriction, reconstruction and detection modules on latent anomalies;
-    the rest train the upsampling module on Perlin anomalies.
+    Each task's training follows anomalib's two phases: the first ``upsampling_train_ratio`` of
+    its steps train the subspace-restriction, reconstruction and detection modules on latent
+    anomalies; the rest train the upsampling module on Perlin anomalies. anomalib splits by
+    epochs; we split by steps so that a one-epoch CPU preset still trains both phases.
     """
 
     name = "dsr"
@@ -58,11 +59,11 @@ class DSR(GradientModel):
         self._second, self._third = DsrSecondStageLoss(), DsrThirdStageLoss()
         return module
 
-    def second_phase_epochs(self) -> int:
-        """Epochs of each task spent before switching to the upsampling module."""
-        if self.epochs < 2:
-            return self.epochs
-        return min(max(1, int(self.epochs * self.hp["upsampling_train_ratio"])), self.epochs - 1)
+    def second_phase_steps(self, total: int) -> int:
+        """Steps of a task's `total` spent before switching to the upsampling module."""
+        if total < 2:
+            return total
+        return min(max(1, int(total * self.hp["upsampling_train_ratio"])), total - 1)
 
     def make_optimizers(self):
         m = self.module
@@ -79,8 +80,8 @@ class DSR(GradientModel):
     def training_loss(self, images):
         return self._stage_two_loss(self.module, images)
 
-    def train_step(self, images, extra: Extra | None = None, epoch: int = 0) -> float:
-        if epoch < self.second_phase_epochs():
+    def train_step(self, images, extra: Extra | None = None, step: int = 0, total: int = 1) -> float:
+        if step < self.second_phase_steps(total):
             loss, opt = self.training_loss(images), self.optimizers_[0]
         else:
             augmented, masks = self._perlin(images)

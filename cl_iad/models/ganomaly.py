@@ -62,7 +62,7 @@ class GANomaly(GradientModel):
     def training_loss(self, images):
         return self._generator_loss(images)[0]
 
-    def train_step(self, images, extra: Extra | None = None, epoch: int = 0) -> float:
+    def train_step(self, images, extra: Extra | None = None, step: int = 0, total: int = 1) -> float:
         g_opt, d_opt = self.optimizers_
         g_loss, padded, fake = self._generator_loss(images)
         if extra is not None:

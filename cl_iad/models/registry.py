@@ -83,7 +83,7 @@ MODEL_INFOS: tuple[ModelInfo, ...] = (
               "anomaly source: DTD folder if given, else Perlin noise (or our synthetic textures)"),
     _gradient("dsr", "DSR", f"{_M}.dsr:DSR", "reconstruction", "segmentation",
               {"epochs": 700, "batch_size": 8, "vq_weights": "weights/vq_model_pretrained_128_4096.pckl"},
-              {"epochs": 2},
+              {},
               "cannot train without its pretrained VQ-VAE weights file (vq_weights=...); no offline fallback"),
     _gradient("fastflow", "FastFlow", f"{_M}.fastflow:FastFlow", "normalizing flow", "segmentation",
               {"backbone": "resnet18", "flow_steps": 8, "hidden_ratio": 1.0, "conv3x3_only": False, "epochs": 500,

@@ -158,8 +158,11 @@ class GradientModel:
         """What LwF keeps close to the previous model: `module`'s training-mode outputs."""
         raise NotImplementedError
 
-    def train_step(self, images: torch.Tensor, extra: Extra | None = None, epoch: int = 0) -> float:
-        """One optimisation step on a batch; `extra` adds a regime's term (EWC, LwF)."""
+    def train_step(self, images: torch.Tensor, extra: Extra | None = None, step: int = 0, total: int = 1) -> float:
+        """One optimisation step on a batch; `extra` adds a regime's term (EWC, LwF).
+
+        `step` of `total` counts this task's steps, for models whose training has phases (DSR).
+        """
         loss = self.training_loss(images)
         if extra is not None:
             loss = loss + extra(images)

@@ -72,9 +72,10 @@ class GradientStrategy(Strategy):
             model.begin_task(DataLoader(data, batch_size=self.batch_size, shuffle=False))
             model.train_mode()
             extra = self._extra()
-            for epoch in range(model.epochs):
+            total = model.epochs * len(loader)
+            for _ in range(model.epochs):
                 for batch in loader:
-                    losses.append(model.train_step(batch["image"], extra, epoch))
+                    losses.append(model.train_step(batch["image"], extra, len(losses), total))
             model.fitted_ = True
             if self.ewc_ is not None:
                 self.ewc_.end_task(model, DataLoader(data, batch_size=self.batch_size, shuffle=False))

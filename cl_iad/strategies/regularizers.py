@@ -92,7 +92,10 @@ class LwF:
     def penalty(self, model: GradientModel, images: torch.Tensor) -> torch.Tensor:
         if self.teacher is None:
             return torch.zeros(())
-        model.train_mode(self.teacher)
+        # The teacher's parameters are all frozen, so mirror the student's per-layer modes (batch
+        # norms in training mode) rather than re-deriving them from requires_grad.
+        for student, teacher in zip(model.module.modules(), self.teacher.modules(), strict=True):
+            teacher.training = student.training
         with torch.no_grad(), torch.random.fork_rng():
             targets = model.distill_outputs(self.teacher, images)
         outputs = model.distill_outputs(model.module, images)
