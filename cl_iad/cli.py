@@ -46,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
                                       "wide_resnet50_2 (these need --weights)")
     r.add_argument("--preset", help="named settings: 'light' (small, CPU) or 'benchmark' (the MVTec AD table)")
     r.add_argument("--epochs", type=int, help="gradient-trained models: epochs per task")
+    r.add_argument("--device", help="gradient-trained models: torch device, e.g. cuda (default cpu)")
     r.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                    help="a model hyper-parameter (YAML value), e.g. --param vq_weights=vq.pckl; repeatable")
     r.add_argument("--config", type=Path,
@@ -82,10 +83,9 @@ def _scenario(args):
 
 def cmd_run(args) -> int:
     from .console import print_result
+    from .models.registry import model_info
     from .runner import run
     from .strategies import Strategy, build_model
-
-    from .models.registry import model_info
 
     model_kwargs = _apply_config(args)
     info = model_info(args.model)
@@ -122,7 +122,7 @@ def _parse_params(items: list[str]) -> dict:
 
 
 _RUN_KEYS = ("dataset", "root", "categories", "n_tasks", "order", "strategy", "image_size", "buffer_size",
-             "buffer_policy", "metrics", "seed", "out", "name", "wandb")
+             "buffer_policy", "metrics", "seed", "out", "name", "wandb", "device")
 
 
 def _apply_config(args) -> dict:
@@ -153,6 +153,13 @@ def _apply_config(args) -> dict:
     params.update({k: v for k, v in (("backbone", args.backbone), ("weights", args.weights), ("epochs", args.epochs))
                    if v is not None})
     params["seed"] = args.seed
+    if args.device is not None:
+        from .models.registry import model_info
+
+        if model_info(args.model).trains_by_gradient:
+            params["device"] = args.device
+        else:
+            log.warning("--device %s ignored: frozen-feature models (%s) run on the CPU", args.device, args.model)
     return params
 
 

@@ -40,9 +40,13 @@ def no_network(monkeypatch):
     monkeypatch.setattr(socket.socket, "connect", refuse)
 
 
-@pytest.fixture(scope="session")
-def two_tasks(tiny_stream):
-    return tiny_stream[:2]
+@pytest.fixture(scope="module")
+def two_tasks(tmp_path_factory):
+    """A smaller stream than `tiny_stream` (8 train, 7 test images per task): 96 runs must fit in minutes."""
+    from cl_iad.scenarios import synthetic
+
+    return synthetic(tmp_path_factory.mktemp("contract"), categories=["bracket", "grain"], image_size=64,
+                     n_train=8, n_test_good=2, n_test_per_defect=1)
 
 
 @pytest.fixture(scope="session")

@@ -64,6 +64,7 @@ class CFA(GradientModel):
         # CfaLoss.radius is `ones(requires_grad=True) * radius`: a constant that carries a graph
         # node, which is why anomalib backprops with retain_graph=True. Detach it instead.
         self._loss.radius = self._loss.radius.detach()
+        module.radius = module.radius.detach()  # same on the model (unused there); lets LwF deepcopy it
         return module
 
     def make_optimizers(self):

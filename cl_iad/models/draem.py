@@ -85,9 +85,10 @@ class DRAEM(GradientModel):
         return module
 
     def training_loss(self, images):
+        images = self.normalise(images)  # DRAEM takes [0, 1] images; this only moves them to the device
         augmented, mask = self._augmenter(images)
         reconstruction, prediction = self.module(augmented)
         return self._loss(images, reconstruction, mask, prediction)
 
     def distill_outputs(self, module, images):
-        return list(module(images))
+        return list(module(self.normalise(images)))

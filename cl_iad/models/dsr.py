@@ -72,6 +72,7 @@ class DSR(GradientModel):
         return [torch.optim.Adam(params, lr=self.lr), torch.optim.Adam(m.upsampling_module.parameters(), lr=self.lr)]
 
     def _stage_two_loss(self, module, images):
+        images = self.normalise(images)  # DSR takes [0, 1] images; this only moves them to the device
         mask = self._latent_anomalies.augment_batch(images)
         o = module(images, mask)
         return self._second(o["recon_feat_hi"], o["recon_feat_lo"], o["embedding_bot"], o["embedding_top"], images,
@@ -84,7 +85,7 @@ class DSR(GradientModel):
         if step < self.second_phase_steps(total):
             loss, opt = self.training_loss(images), self.optimizers_[0]
         else:
-            augmented, masks = self._perlin(images)
+            augmented, masks = self._perlin(self.normalise(images))
             loss = self._third(self.module(augmented)["anomaly_map"], masks)
             opt = self.optimizers_[1]
         if extra is not None:
@@ -95,4 +96,4 @@ class DSR(GradientModel):
         return float(loss.detach())
 
     def distill_outputs(self, module, images):
-        return [module(images)["anomaly_map"]]
+        return [module(self.normalise(images))["anomaly_map"]]

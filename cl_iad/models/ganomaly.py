@@ -41,9 +41,9 @@ class GANomaly(GradientModel):
 
     def normalise(self, images):
         # anomalib's default pre-processor normalises with ImageNet statistics.
-        mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-        std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-        return (images - mean) / std
+        mean = torch.tensor(IMAGENET_MEAN, device=self.device).view(1, 3, 1, 1)
+        std = torch.tensor(IMAGENET_STD, device=self.device).view(1, 3, 1, 1)
+        return (images.to(self.device) - mean) / std
 
     def regularised_parameters(self):
         return [p for p in self.module.generator.parameters() if p.requires_grad]

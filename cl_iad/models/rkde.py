@@ -74,7 +74,7 @@ class FasterRCNNProposer:
     kind = "faster_rcnn"
 
     def __init__(self, weights: str | Path, max_regions: int = 32, score_thresh: float = 0.001,
-                 nms_thresh: float = 0.3, min_box_size: int = 4) -> None:
+                 nms_thresh: float = 0.3, min_box_size: int = 4, min_size: int = 800) -> None:
         path = Path(weights)
         if not path.is_file():
             raise WeightsError(
@@ -88,7 +88,8 @@ class FasterRCNNProposer:
         self.max_regions = max_regions
         self.min_box_size = min_box_size
         self.detector = fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None, box_score_thresh=score_thresh,
-                                                box_nms_thresh=nms_thresh, box_detections_per_img=max_regions)
+                                                box_nms_thresh=nms_thresh, box_detections_per_img=max_regions,
+                                                min_size=min_size, max_size=max(1333, min_size))
         state = torch.load(path, map_location="cpu", weights_only=True)
         self.detector.load_state_dict(state.get("state_dict", state) if isinstance(state, dict) else state)
         self.detector.eval()
@@ -133,7 +134,7 @@ class RKDE(FrozenFeatureModel):
 
     def __init__(self, *args, proposer: str = "grid", proposer_weights: str | Path | None = None,
                  grid_scales: tuple[float, ...] = (0.25, 0.5), grid_overlap: float = 0.5, max_regions: int = 32,
-                 roi_size: int = 2, n_pca_components: int = 16, max_training_points: int = 40000,
+                 proposer_min_size: int = 800, roi_size: int = 2, n_pca_components: int = 16, max_training_points: int = 40000,
                  feature_scaling_method: str = "scale", **kwargs) -> None:
         self.n_pca_components = n_pca_components
         self.max_training_points = max_training_points
@@ -145,7 +146,7 @@ class RKDE(FrozenFeatureModel):
             if proposer_weights is None:
                 raise WeightsError("RKDE proposer='faster_rcnn' needs proposer_weights=<fasterrcnn_resnet50_fpn "
                                    "state-dict file>; or use proposer='grid', which needs no weights")
-            self.proposer = FasterRCNNProposer(proposer_weights, max_regions)
+            self.proposer = FasterRCNNProposer(proposer_weights, max_regions, min_size=proposer_min_size)
         else:
             raise ValueError(f"unknown RKDE proposer {proposer!r}; choose 'grid' or 'faster_rcnn'")
         super().__init__(*args, **kwargs)

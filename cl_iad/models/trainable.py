@@ -68,7 +68,7 @@ class GradientModel:
 
     def __init__(self, backbone: str = DEFAULT_BACKBONE, weights: str | Path | None = None,
                  layers: list[str] | None = None, epochs: int | None = None, lr: float | None = None,
-                 batch_size: int = 8, seed: int = 0, **hp: Any) -> None:
+                 batch_size: int = 8, seed: int = 0, device: str = "cpu", **hp: Any) -> None:
         unknown = sorted(set(hp) - set(self.hp_defaults))
         if unknown:
             raise ValueError(f"{self.name} has no hyper-parameter(s) {unknown}; "
@@ -88,6 +88,7 @@ class GradientModel:
         self.lr = self.default_lr if lr is None else lr
         self.batch_size = batch_size
         self.seed = seed
+        self.device = torch.device(device)
         self.hp = {**self.hp_defaults, **hp}
         self.module: nn.Module | None = None
         self.image_size_: int | None = None
@@ -104,12 +105,12 @@ class GradientModel:
             return self
         with torch.random.fork_rng():
             torch.manual_seed(self.seed)
-            self.module = self._build(image_size)
+            self.module = self._build(image_size).to(self.device)
         self.image_size_ = image_size
         if self.uses_backbone:
             spec = backbone_spec(self.backbone)
-            self._mean = torch.tensor(spec.mean).view(1, 3, 1, 1)
-            self._std = torch.tensor(spec.std).view(1, 3, 1, 1)
+            self._mean = torch.tensor(spec.mean, device=self.device).view(1, 3, 1, 1)
+            self._std = torch.tensor(spec.std, device=self.device).view(1, 3, 1, 1)
         return self
 
     def _build(self, image_size: int) -> nn.Module:
@@ -117,7 +118,7 @@ class GradientModel:
 
     def config(self) -> dict:
         """Settings that define this model, for config.json."""
-        base = {"model": self.name, "epochs": self.epochs, "lr": self.lr, "batch_size": self.batch_size,
+        base = {"model": self.name, "device": str(self.device), "epochs": self.epochs, "lr": self.lr, "batch_size": self.batch_size,
                 "seed": self.seed, **self.hp}
         if self.uses_backbone:
             base.update(backbone=self.backbone, weights=weights_tag(self.weights), layers=list(self.layers))
@@ -125,6 +126,8 @@ class GradientModel:
 
     # -- pieces the training loop calls ---------------------------------------------------
     def normalise(self, images: torch.Tensor) -> torch.Tensor:
+        """Images in [0, 1] on the model's device, normalised as its backbone expects."""
+        images = images.to(self.device)
         return (images - self._mean) / self._std if self.uses_backbone else images
 
     def trainable_parameters(self) -> list[nn.Parameter]:
@@ -183,22 +186,29 @@ class GradientModel:
         score = out.pred_score
         if score is None:
             score = maps.amax(dim=(-2, -1))
-        return score.reshape(len(images)), maps
+        return score.reshape(len(images)).cpu(), None if maps is None else maps.cpu()
 
     # -- state ----------------------------------------------------------------------------
     def get_state(self) -> dict[str, torch.Tensor]:
         """The full learned state (weights and buffers), as tensors."""
         if self.module is None:
             raise RuntimeError(f"{self.name} has not been built; call setup(image_size) or train it first")
-        return {k: v.detach().clone() for k, v in self.module.state_dict().items()}
+        return {k: v.detach().cpu().clone() for k, v in self.module.state_dict().items()}
 
     def set_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Restore a state from :meth:`get_state` (builds nothing: call ``setup`` first)."""
         own = self.module.state_dict()
+        missing = sorted(set(own) - set(state))
+        if missing:
+            raise KeyError(f"{self.name} state lacks {len(missing)} entries (first: {missing[:3]}); "
+                           "was it saved from a different model or settings?")
+        # Fitted statistics whose shape depends on the data (CFA's centroid bank) cannot go
+        # through load_state_dict's shape check; assign those directly.
         reshaped = {k for k, v in state.items() if k in own and own[k].shape != v.shape}
-        self.module.load_state_dict({k: v for k, v in state.items() if k not in reshaped})
+        self.module.load_state_dict({k: v for k, v in state.items() if k not in reshaped}, strict=False)
         from .offline import assign_tensors
 
-        assign_tensors(self.module, {k: state[k] for k in reshaped})  # e.g. CFA's centroid bank
+        assign_tensors(self.module, {k: state[k].to(self.device) for k in reshaped})
         self.fitted_ = True
 
     def _require_fitted(self) -> None:

@@ -38,7 +38,7 @@ class EWC:
 
     def penalty(self, model: GradientModel) -> torch.Tensor:
         params = model.regularised_parameters()
-        total = torch.zeros(())
+        total = torch.zeros((), device=params[0].device)
         for anchor, fisher in zip(self.anchors, self.fishers, strict=True):
             for p, a, f in zip(params, anchor, fisher, strict=True):
                 total = total + (f * (p - a).pow(2)).sum()
@@ -53,7 +53,7 @@ class EWC:
         for batch in loader:
             for p in params:
                 p.grad = None
-            model.training_loss(batch["image"]).backward()
+            model.training_loss(batch["image"]).backward()  # the model moves images to its device
             for f, p in zip(fisher, params, strict=True):
                 if p.grad is not None:
                     f += p.grad.detach().pow(2)
