@@ -136,3 +136,9 @@ def test_draem_reads_a_texture_folder_as_anomaly_source(tmp_path):
 def test_benchmark_backbones_without_a_weights_file_fail_clearly():
     with pytest.raises(WeightsError, match="--weights"):
         build_model("stfpm", preset="benchmark").setup(64)
+
+
+def test_dfkde_with_too_few_images_for_its_pca_says_so():
+    model = build_model("dfkde", n_pca_components=8)
+    with pytest.raises(ValueError, match="more than n_pca_components=8"):
+        model.fit(torch.rand(8, 40))

@@ -47,9 +47,10 @@ class DFKDE(FrozenFeatureModel):
         return torch.cat(pooled, dim=1)
 
     def fit(self, embeddings: torch.Tensor) -> DFKDE:
-        if len(embeddings) < self.n_pca_components:
+        if len(embeddings) <= self.n_pca_components:
+            # n images span at most n-1 centred directions: the KDE covariance would be singular.
             raise ValueError(
-                f"DFKDE needs at least n_pca_components={self.n_pca_components} training images, got "
+                f"DFKDE needs more than n_pca_components={self.n_pca_components} training images, got "
                 f"{len(embeddings)}; lower n_pca_components (e.g. --preset light) or add images")
         with torch.random.fork_rng():
             torch.manual_seed(self.seed)  # the subsample above max_training_points

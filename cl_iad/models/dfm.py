@@ -39,6 +39,10 @@ class DFM(FrozenFeatureModel):
         return {**super().config(), "pooling_kernel_size": self.pooling_kernel_size, "n_comps": self.n_comps,
                 "score_type": self.score_type}
 
+    @property
+    def feature_key(self) -> str:
+        return f"{super().feature_key}|pool{self.pooling_kernel_size}"
+
     @torch.no_grad()
     def extract(self, images: torch.Tensor) -> torch.Tensor:
         features = self.module.feature_extractor(self.normalise(images))[self.layers[0]]

@@ -73,7 +73,7 @@ MODEL_INFOS: tuple[ModelInfo, ...] = (
               "anomalib's EfficientNet-B5 extractor needs a download; one stage of our backbone instead"),
     _frozen("dfkde", "DFKDE", f"{_M}.dfkde:DFKDE", "density/statistical", "classification",
             {"backbone": "resnet18", "layers": ["layer3"], "n_pca_components": 16},
-            {"n_pca_components": 8}, "image scores only; pixel metrics NaN"),
+            {"n_pca_components": 4}, "image scores only; pixel metrics NaN"),
     _frozen("dfm", "DFM", f"{_M}.dfm:DFM", "density/statistical", "segmentation",
             {"backbone": "resnet50", "layers": ["layer3"], "pooling_kernel_size": 4, "n_comps": 0.97,
              "score_type": "fre"}, {"pooling_kernel_size": 2}),
@@ -148,4 +148,9 @@ def build_model(name: str, preset: str | None = None, **kwargs: Any):
     """
     info = model_info(name)
     args = {**preset_kwargs(info.name, preset), **{k: v for k, v in kwargs.items() if v is not None}}
-    return info.load()(**args)
+    cls = info.load()
+    try:
+        return cls(**args)
+    except TypeError as exc:  # an argument this model does not take, e.g. epochs for PatchCore
+        raise ValueError(f"{info.name} does not accept these settings {sorted(args)}: {exc}. "
+                         "See 'cl-iad models --presets' for its settings.") from exc
