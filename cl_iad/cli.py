@@ -50,7 +50,16 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--strategy", default="naive",
                    help="regime, or comma-separated regimes run one after another: "
                         "naive,replay,cumulative,joint,per_task")
-    r.add_argument("--backbone", default="efficientnet_lite0", help="efficientnet_lite0 | resnet18 | wide_resnet50_2")
+    r.add_argument("--backbone", help="efficientnet_lite0 (default, weights built in) | resnet18 | resnet50 | "
+                                      "wide_resnet50_2 (these need --weights)")
+    r.add_argument("--preset", help="named settings: 'light' (small, CPU) or 'benchmark' (the MVTec AD table)")
+    r.add_argument("--epochs", type=int, help="gradient-trained models: epochs per task")
+    r.add_argument("--device", help="gradient-trained models: torch device, e.g. cuda (default cpu)")
+    r.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                   help="a model hyper-parameter (YAML value), e.g. --param vq_weights=vq.pckl; repeatable")
+    r.add_argument("--config", type=Path,
+                   help="YAML file with a 'model' section (name, preset, params) and run options "
+                        "(see experiments/configs/seed_mvtec/); command-line options override it")
     r.add_argument("--weights", help="local backbone weights file, or 'random' (smoke tests only)")
     r.add_argument("--image-size", type=int, help="square input size (default 128 synthetic, 256 datasets, "
                                                    "anomalib's default)")
@@ -67,7 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--wandb", default="offline", choices=["off", "offline", "online"])
     r.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
-    sub.add_parser("models", help="list the available models")
+    m = sub.add_parser("models", help="list the available models")
+    m.add_argument("--presets", action="store_true", help="also show each model's preset settings")
+
 
     sw = sub.add_parser("sweep", help="run a grid of orders x models x strategies from a YAML file")
     sw.add_argument("config", type=Path, help="sweep YAML, e.g. experiments/configs/synthetic_cpu.yaml")
@@ -107,21 +118,22 @@ def _scenario(args):
 
 def cmd_run(args) -> int:
     from .console import print_result
+    from .models.registry import model_info
     from .runner import run
     from .strategies import Strategy, build_model
-    from .strategies.base import REGIMES
 
+    model_kwargs = _apply_config(args)
+    info = model_info(args.model)
     regimes = _csv_list(args.strategy) or ["naive"]
-    bad = [r for r in regimes if r not in REGIMES]
+    bad = [r for r in regimes if r not in info.regimes]
     if bad:
-        raise SystemExit(f"error: unknown strategy {bad}; choose from {', '.join(REGIMES)}")
+        raise SystemExit(f"error: strategy {bad} not available for {info.name}; choose from {', '.join(info.regimes)}")
     scenario = _scenario(args)
     log.info("stream of %d tasks: %s", len(scenario), " -> ".join(scenario.names))
     name = None
     for regime in regimes:
         start = time.perf_counter()
-        model = build_model(args.model, backbone=args.backbone, weights=args.weights, seed=args.seed,
-                            normalization=args.normalization)
+        model = build_model(info.name, args.preset, **model_kwargs)
         eval_mode = "agnostic" if args.task_agnostic else args.eval_mode
         strategy = Strategy(model, regime, buffer_size=args.buffer_size, buffer_policy=args.buffer_policy,
                             seed=args.seed, eval_mode=eval_mode)
@@ -133,11 +145,73 @@ def cmd_run(args) -> int:
     return 0
 
 
-def cmd_models(_args) -> int:
-    from .strategies.models import MODELS
+def _parse_params(items: list[str]) -> dict:
+    import yaml
 
-    for name, cls in MODELS.items():
-        print(f"{name:12s} family={cls.family:22s} task={cls.task_type}")
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"error: --param {item!r} is not KEY=VALUE (e.g. --param flow_steps=4)")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+_RUN_KEYS = ("dataset", "root", "categories", "n_tasks", "order", "strategy", "image_size", "buffer_size",
+             "buffer_policy", "metrics", "seed", "out", "name", "wandb", "device")
+
+
+def _apply_config(args) -> dict:
+    """Merge a --config YAML into `args` (command line wins); return the model's constructor kwargs."""
+    import yaml
+
+    params: dict = {}
+    if args.config is not None:
+        if not args.config.is_file():
+            raise SystemExit(f"error: --config {args.config} does not exist")
+        cfg = yaml.safe_load(args.config.read_text()) or {}
+        model = cfg.pop("model", {}) or {}
+        unknown = sorted(set(cfg) - set(_RUN_KEYS))
+        if unknown:
+            raise SystemExit(f"error: {args.config}: unknown keys {unknown}; allowed: model, {', '.join(_RUN_KEYS)}")
+        defaults = build_parser().parse_args(["run"])
+        for key, value in cfg.items():
+            if getattr(args, key) == getattr(defaults, key):  # not given on the command line
+                if isinstance(value, list):
+                    value = ",".join(map(str, value))
+                setattr(args, key, Path(value) if key in ("root", "out") else value)
+        if args.model == defaults.model and "name" in model:
+            args.model = model["name"]
+        if args.preset is None:
+            args.preset = model.get("preset")
+        params.update(model.get("params", {}) or {})
+    params.update(_parse_params(args.param))
+    params.update({k: v for k, v in (("backbone", args.backbone), ("weights", args.weights), ("epochs", args.epochs))
+                   if v is not None})
+    params["seed"] = args.seed
+    if args.normalization != "backbone":
+        params["normalization"] = args.normalization
+    if args.device is not None:
+        from .models.registry import model_info
+
+        if model_info(args.model).trains_by_gradient:
+            params["device"] = args.device
+        else:
+            log.warning("--device %s ignored: frozen-feature models (%s) run on the CPU", args.device, args.model)
+    return params
+
+
+def cmd_models(args) -> int:
+    from .models.registry import MODEL_INFOS
+
+    print(f"{'name':22s} {'model':22s} {'family':20s} {'task':15s} regimes")
+    for info in MODEL_INFOS:
+        print(f"{info.name:22s} {info.title:22s} {info.family:20s} {info.task_type:15s} {','.join(info.regimes)}")
+        if info.notes:
+            print(f"{'':22s}   note: {info.notes}")
+        if getattr(args, "presets", False):
+            for preset, kw in info.presets.items():
+                print(f"{'':22s}   {preset}: {kw}")
     return 0
 
 

@@ -22,12 +22,17 @@ from .strategies.base import Predictions, Strategy
 
 log = logging.getLogger(__name__)
 
+def _pixel(fn: Callable[[np.ndarray, np.ndarray], float]) -> Callable[[Predictions, np.ndarray, np.ndarray], float]:
+    """A pixel metric that is NaN for models without anomaly maps (detection, classification)."""
+    return lambda p, y, g: float("nan") if p.anomaly_map is None else fn(p.anomaly_map, g)
+
+
 METRIC_FUNCTIONS: dict[str, Callable[[Predictions, np.ndarray, np.ndarray], float]] = {
     "image_auroc": lambda p, y, g: M.image_auroc(p.pred_score, y),
-    "pixel_auroc": lambda p, y, g: M.pixel_auroc(p.anomaly_map, g),
-    "pro": lambda p, y, g: M.pro_score(p.anomaly_map, g),
+    "pixel_auroc": _pixel(M.pixel_auroc),
+    "pro": _pixel(M.pro_score),
     "image_aupr": lambda p, y, g: M.image_aupr(p.pred_score, y),
-    "pixel_aupr": lambda p, y, g: M.pixel_aupr(p.anomaly_map, g),
+    "pixel_aupr": _pixel(M.pixel_aupr),
 }
 PIXEL_METRICS = ("pixel_auroc", "pro", "pixel_aupr")
 # fraction of a task's test images that task-agnostic per_task routes to that task's model;

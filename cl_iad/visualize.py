@@ -53,7 +53,7 @@ def save_examples(run_dir: Path, step: int, task_index: int, task_name: str, pat
     """Keep a few anomaly maps of one cell so `cl-iad show` can draw them without the model."""
     d = run_dir / "examples"
     d.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(d / f"step{step:03d}_task{task_index:03d}.npz", maps=maps.astype(np.float16),
+    np.savez_compressed(d / f"step{step:03d}_task{task_index:03d}.npz", maps=maps.astype(np.float32),
                         masks=masks.astype(bool), paths=np.array(paths), task=task_name)
 
 

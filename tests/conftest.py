@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 
 import pytest
+import torch
 
 warnings.filterwarnings("ignore", category=FutureWarning)
+# One intra-op thread: on the shared 2-core machine, two threads contend with other processes and
+# run the small 64x64 models several times slower. Override with CL_IAD_TEST_THREADS.
+torch.set_num_threads(int(os.environ.get("CL_IAD_TEST_THREADS", "1")))
 
 TINY = {"image_size": 64, "n_train": 10, "n_test_good": 4, "n_test_per_defect": 2}
 

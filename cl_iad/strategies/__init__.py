@@ -1,7 +1,7 @@
 """Continual strategies: anomaly models under continual regimes."""
 
-from .base import REGIMES, FeatureCache, Predictions, Strategy
+from .base import GRADIENT_REGIMES, REGIMES, FeatureCache, Predictions, Strategy
 from .buffers import ReplayBuffer
 from .models import MODELS, build_model
 
-__all__ = ["MODELS", "REGIMES", "FeatureCache", "Predictions", "ReplayBuffer", "Strategy", "build_model"]
+__all__ = ["GRADIENT_REGIMES", "MODELS", "REGIMES", "FeatureCache", "Predictions", "ReplayBuffer", "Strategy", "build_model"]

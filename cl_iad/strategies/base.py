@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 
 REGIMES = ("naive", "replay", "cumulative", "joint", "per_task")
 EVAL_MODES = ("aware", "agnostic")
+# Gradient-trained models (see strategies/gradient.py) also support these regularisation regimes.
+GRADIENT_REGIMES = (*REGIMES, "ewc", "lwf")
 
 
 class FeatureCache:
@@ -70,7 +72,7 @@ class Predictions:
     """Model outputs on one test set."""
 
     pred_score: np.ndarray  # (N,)
-    anomaly_map: np.ndarray  # (N, H, W) float32
+    anomaly_map: np.ndarray | None  # (N, H, W) float32; None for models without pixel maps
     routed_task: np.ndarray | None = None  # (N,) task id chosen per image, task-agnostic per_task only
 
 
@@ -78,7 +80,21 @@ class Strategy:
     """One model under one continual regime.
 
     ``__init__`` only stores parameters; learned state lives in attributes ending in ``_``.
+    Given a gradient-trained model (:class:`~cl_iad.models.trainable.GradientModel`),
+    ``Strategy(model, regime)`` builds a :class:`~cl_iad.strategies.gradient.GradientStrategy`,
+    so callers need not know which kind of model they hold.
     """
+
+    regimes: tuple[str, ...] = REGIMES
+
+    def __new__(cls, model=None, *args, **kwargs):
+        from ..models.trainable import GradientModel
+
+        if cls is Strategy and isinstance(model, GradientModel):
+            from .gradient import GradientStrategy
+
+            return super().__new__(GradientStrategy)
+        return super().__new__(cls)
 
     def __init__(
         self,
@@ -92,8 +108,9 @@ class Strategy:
         eval_mode: str = "aware",
         router_metric: str = "gaussian",
     ) -> None:
-        if regime not in REGIMES:
-            raise ValueError(f"unknown regime {regime!r}; choose from {', '.join(REGIMES)}")
+        if regime not in self.regimes:
+            raise ValueError(f"regime {regime!r} is not available for {model.name}; choose from "
+                             f"{', '.join(self.regimes)}")
         if eval_mode not in EVAL_MODES:
             raise ValueError(f"unknown eval mode {eval_mode!r}; choose from {', '.join(EVAL_MODES)}")
         self.model = model
@@ -193,4 +210,10 @@ class Strategy:
             s, m = self.model.score(emb[start : start + self.batch_size], size)
             scores.append(s)
             maps.append(m)
-        return Predictions(torch.cat(scores).numpy().astype(np.float64), torch.cat(maps).numpy().astype(np.float32))
+        return predictions(scores, maps)
+
+
+def predictions(scores: list[torch.Tensor], maps: list[torch.Tensor | None]) -> Predictions:
+    """Join per-batch outputs; maps stay None when the model gives none."""
+    joined = None if any(m is None for m in maps) else torch.cat(maps).numpy().astype(np.float32)
+    return Predictions(torch.cat(scores).numpy().astype(np.float64), joined)

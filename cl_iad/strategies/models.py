@@ -239,11 +239,8 @@ class Padim(FrozenFeatureModel):
 MODELS: dict[str, type[FrozenFeatureModel]] = {"patchcore": PatchCore, "padim": Padim}
 
 
-def build_model(name: str, **kwargs) -> FrozenFeatureModel:
-    """Construct a registered model by name."""
-    try:
-        cls = MODELS[name]
-    except KeyError:
-        raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODELS)}") from None
-    return cls(**kwargs)
+def build_model(name: str, preset: str | None = None, **kwargs):
+    """Construct any registered model by name (see :mod:`cl_iad.models.registry`)."""
+    from ..models.registry import build_model as build
 
+    return build(name, preset, **kwargs)

@@ -1,0 +1,216 @@
+"""Base for gradient-trained anomaly models (flows, reconstruction, teacher-student).
+
+Each subclass wraps one anomalib 2.7 torch model (the ``nn.Module`` in its ``torch_model.py``)
+and supplies the pieces anomalib's Lightning module would: its training loss, its optimiser
+and, for the continual regimes, the outputs that LwF distils. We own the loop (see
+:class:`cl_iad.strategies.gradient.GradientStrategy`) instead of anomalib's Lightning
+``Engine``: the Engine rebuilds optimisers, callbacks and loggers per ``fit`` call, gives no hook
+for adding a regularisation term to a model's loss, and costs several seconds of start-up per
+task on CPU, which at 64x64 is longer than the training itself.
+
+Conventions:
+
+* ``__init__`` only stores hyper-parameters; the module is built lazily by :meth:`setup` once the
+  image size is known (several models size layers from it: FastFlow, U-Flow, CS-Flow, GANomaly).
+* Optimisers are created afresh at the start of every task (``begin_task``), as a Lightning
+  ``fit`` per task would; so the full learned state after a task is the module's state dict
+  (weights, buffers, fitted statistics such as CFA's centroids), which :meth:`get_state` returns.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..backbones import DEFAULT_BACKBONE, backbone_spec, weights_tag
+
+log = logging.getLogger(__name__)
+
+Extra = Callable[[torch.Tensor], torch.Tensor]  # images -> a scalar loss term added by a regime
+
+
+def freeze(module: nn.Module) -> nn.Module:
+    """No gradients for `module`'s parameters (a frozen, pretrained backbone)."""
+    for p in module.parameters():
+        p.requires_grad_(False)
+    return module
+
+
+def as_maps(amap: torch.Tensor | None, size: tuple[int, int]) -> torch.Tensor | None:
+    """Anomaly maps as (B, H, W) at the image size."""
+    if amap is None:
+        return None
+    if amap.ndim == 3:
+        amap = amap.unsqueeze(1)
+    if tuple(amap.shape[-2:]) != tuple(size):
+        amap = F.interpolate(amap, size=size, mode="bilinear", align_corners=False)
+    return amap[:, 0]
+
+
+class GradientModel:
+    """An anomalib torch model trained by gradient descent, task after task."""
+
+    name = "base"
+    family = "normalizing flow"
+    task_type = "segmentation"
+    uses_backbone = True
+    default_layer_picks: tuple[int, ...] = (0, 1, 2)
+    # hyper-parameter name -> default; subclasses extend it
+    hp_defaults: ClassVar[dict[str, Any]] = {}
+    default_lr = 1e-3
+    default_epochs = 1
+
+    def __init__(self, backbone: str = DEFAULT_BACKBONE, weights: str | Path | None = None,
+                 layers: list[str] | None = None, epochs: int | None = None, lr: float | None = None,
+                 batch_size: int = 8, seed: int = 0, device: str = "cpu", **hp: Any) -> None:
+        unknown = sorted(set(hp) - set(self.hp_defaults))
+        if unknown:
+            raise ValueError(f"{self.name} has no hyper-parameter(s) {unknown}; "
+                             f"choose from {sorted(self.hp_defaults) or 'none'} or the common ones "
+                             "(backbone, weights, layers, epochs, lr, batch_size, seed)")
+        epochs = self.default_epochs if epochs is None else epochs
+        if epochs < 0:
+            raise ValueError(f"epochs must be >= 0, got {epochs}")
+        self.backbone = backbone
+        self.weights = weights
+        if self.uses_backbone:
+            spec = backbone_spec(backbone)
+            self.layers = list(layers) if layers else [spec.layers[i] for i in self.default_layer_picks]
+        else:
+            self.layers = []
+        self.epochs = epochs
+        self.lr = self.default_lr if lr is None else lr
+        self.batch_size = batch_size
+        self.seed = seed
+        self.device = torch.device(device)
+        self.hp = {**self.hp_defaults, **hp}
+        self.module: nn.Module | None = None
+        self.image_size_: int | None = None
+        self.optimizers_: list[torch.optim.Optimizer] = []
+        self.fitted_ = False
+
+    # -- construction -------------------------------------------------------------------
+    def setup(self, image_size: int) -> GradientModel:
+        """Build the module for square images of `image_size` (once; same size afterwards)."""
+        if self.module is not None:
+            if image_size != self.image_size_:
+                raise ValueError(f"{self.name} was built for {self.image_size_}px images, got {image_size}px; "
+                                 "use one image size per run")
+            return self
+        with torch.random.fork_rng():
+            torch.manual_seed(self.seed)
+            self.module = self._build(image_size).to(self.device)
+        self.image_size_ = image_size
+        if self.uses_backbone:
+            spec = backbone_spec(self.backbone)
+            self._mean = torch.tensor(spec.mean, device=self.device).view(1, 3, 1, 1)
+            self._std = torch.tensor(spec.std, device=self.device).view(1, 3, 1, 1)
+        return self
+
+    def _build(self, image_size: int) -> nn.Module:
+        raise NotImplementedError
+
+    def config(self) -> dict:
+        """Settings that define this model, for config.json."""
+        base = {"model": self.name, "device": str(self.device), "epochs": self.epochs, "lr": self.lr, "batch_size": self.batch_size,
+                "seed": self.seed, **self.hp}
+        if self.uses_backbone:
+            base.update(backbone=self.backbone, weights=weights_tag(self.weights), layers=list(self.layers))
+        return base
+
+    # -- pieces the training loop calls ---------------------------------------------------
+    def normalise(self, images: torch.Tensor) -> torch.Tensor:
+        """Images in [0, 1] on the model's device, normalised as its backbone expects."""
+        images = images.to(self.device)
+        return (images - self._mean) / self._std if self.uses_backbone else images
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.module.parameters() if p.requires_grad]
+
+    def regularised_parameters(self) -> list[nn.Parameter]:
+        """The parameters EWC anchors (default: all trainable ones)."""
+        return self.trainable_parameters()
+
+    def make_optimizers(self) -> list[torch.optim.Optimizer]:
+        return [torch.optim.Adam(self.trainable_parameters(), lr=self.lr)]
+
+    def train_mode(self, module: nn.Module | None = None) -> None:
+        """Training mode, with frozen batch-norm layers (pretrained backbones) kept in eval."""
+        module = self.module if module is None else module
+        module.train()
+        for m in module.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and not any(
+                    p.requires_grad for p in m.parameters(recurse=False)):
+                m.eval()
+
+    def begin_task(self, loader: torch.utils.data.DataLoader) -> None:
+        """Called before a task's epochs: fresh optimisers (and model-specific set-up)."""
+        self.optimizers_ = self.make_optimizers()
+
+    def training_loss(self, images: torch.Tensor) -> torch.Tensor:
+        """The model's own training loss on a batch of normal images in [0, 1]."""
+        raise NotImplementedError
+
+    def distill_outputs(self, module: nn.Module, images: torch.Tensor) -> list[torch.Tensor]:
+        """What LwF keeps close to the previous model: `module`'s training-mode outputs."""
+        raise NotImplementedError
+
+    def train_step(self, images: torch.Tensor, extra: Extra | None = None, step: int = 0, total: int = 1) -> float:
+        """One optimisation step on a batch; `extra` adds a regime's term (EWC, LwF).
+
+        `step` of `total` counts this task's steps, for models whose training has phases (DSR).
+        """
+        loss = self.training_loss(images)
+        if extra is not None:
+            loss = loss + extra(images)
+        opt = self.optimizers_[0]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        return float(loss.detach())
+
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Image scores (B,) and anomaly maps (B, H, W), or None for models without maps."""
+        self._require_fitted()
+        self.module.eval()
+        out = self.module(self.normalise(images))
+        amap = getattr(out, "anomaly_map", None)
+        maps = as_maps(amap, tuple(images.shape[-2:])) if self.task_type == "segmentation" else None
+        score = out.pred_score
+        if score is None:
+            score = maps.amax(dim=(-2, -1))
+        return score.reshape(len(images)).cpu(), None if maps is None else maps.cpu()
+
+    # -- state ----------------------------------------------------------------------------
+    def get_state(self) -> dict[str, torch.Tensor]:
+        """The full learned state (weights and buffers), as tensors."""
+        if self.module is None:
+            raise RuntimeError(f"{self.name} has not been built; call setup(image_size) or train it first")
+        return {k: v.detach().cpu().clone() for k, v in self.module.state_dict().items()}
+
+    def set_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Restore a state from :meth:`get_state` (builds nothing: call ``setup`` first)."""
+        own = self.module.state_dict()
+        missing = sorted(set(own) - set(state))
+        if missing:
+            raise KeyError(f"{self.name} state lacks {len(missing)} entries (first: {missing[:3]}); "
+                           "was it saved from a different model or settings?")
+        # Fitted statistics whose shape depends on the data (CFA's centroid bank) cannot go
+        # through load_state_dict's shape check; assign those directly.
+        reshaped = {k for k, v in state.items() if k in own and own[k].shape != v.shape}
+        self.module.load_state_dict({k: v for k, v in state.items() if k not in reshaped}, strict=False)
+        from .offline import assign_tensors
+
+        assign_tensors(self.module, {k: state[k].to(self.device) for k in reshaped})
+        self.fitted_ = True
+
+    def _require_fitted(self) -> None:
+        if self.module is None or not self.fitted_:
+            raise RuntimeError(f"{self.name} has not been trained; call fit_task on a strategy first")

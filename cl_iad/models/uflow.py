@@ -1,0 +1,63 @@
+"""U-Flow (Tailanian et al., 2022): a U-shaped normalising flow over multi-scale features."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+
+from .offline import load_backbone, no_downloads
+from .trainable import GradientModel, freeze
+
+
+class UFlow(GradientModel):
+    """anomalib's ``UflowModel`` with its ResNet-style extractor (LayerNorm per scale) on our backbone.
+
+    anomalib's default extractor (``mcait``: two CaiT transformers) and its ResNet extractor both
+    download weights in their constructors. We build the ResNet-style extractor for our backbone
+    without downloads and load our weights. anomalib also decays the learning rate linearly to
+    0.4x over 25,000 steps; we keep the rate constant, because a schedule over a fixed step count
+    does not carry over to task-by-task training.
+    """
+
+    name = "uflow"
+    family = "normalizing flow"
+    default_epochs = 200
+    default_lr = 1e-3
+    hp_defaults: ClassVar[dict] = {"flow_steps": 4, "affine_clamp": 2.0, "affine_subnet_channels_ratio": 1.0,
+                   "permute_soft": False, "weight_decay": 1e-5}
+
+    def _build(self, image_size):
+        import anomalib.models.image.uflow.torch_model as uflow_torch
+        from anomalib.models.image.uflow.feature_extraction import LayerNormFeatureExtractor
+        from anomalib.models.image.uflow.loss import UFlowLoss
+
+        from ..backbones import backbone_spec
+
+        timm_name = backbone_spec(self.backbone).timm_name
+        size = (image_size, image_size)
+        with no_downloads():
+            extractor = LayerNormFeatureExtractor(timm_name, size, layers=tuple(self.layers)).eval()
+        load_backbone(extractor.feature_extractor, self.backbone, self.weights)
+        freeze(extractor.feature_extractor)
+        original = uflow_torch.get_feature_extractor
+        uflow_torch.get_feature_extractor = lambda backbone, input_size: extractor
+        try:
+            module = uflow_torch.UflowModel(input_size=size, flow_steps=self.hp["flow_steps"], backbone="resnet18",
+                                            affine_clamp=self.hp["affine_clamp"],
+                                            affine_subnet_channels_ratio=self.hp["affine_subnet_channels_ratio"],
+                                            permute_soft=self.hp["permute_soft"])
+        finally:
+            uflow_torch.get_feature_extractor = original
+        self._loss = UFlowLoss()
+        return module
+
+    def make_optimizers(self):
+        return [torch.optim.Adam(self.trainable_parameters(), lr=self.lr, weight_decay=self.hp["weight_decay"])]
+
+    def training_loss(self, images):
+        z, ljd = self.module(self.normalise(images))
+        return self._loss(z, ljd)
+
+    def distill_outputs(self, module, images):
+        return list(module(self.normalise(images))[0])

@@ -1,0 +1,63 @@
+"""`cl-iad models` lists the registry; `cl-iad run --config` reads the reproduction configs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cl_iad.cli import main
+from cl_iad.models.registry import MODEL_INFOS, REGISTRY
+
+CONFIGS = Path(__file__).resolve().parents[1] / "experiments" / "configs" / "seed_mvtec"
+
+
+def test_models_command_shows_all_fifteen(capsys):
+    assert main(["models", "--presets"]) == 0
+    out = capsys.readouterr().out
+    for info in MODEL_INFOS:
+        assert info.title in out and info.family in out
+    assert "ewc" in out and "lwf" in out
+
+
+@pytest.mark.parametrize("info", MODEL_INFOS, ids=lambda i: i.name)
+def test_seed_config_carries_the_benchmark_settings(info):
+    cfg = yaml.safe_load((CONFIGS / f"{info.name}.yaml").read_text())
+    assert cfg["model"]["name"] == info.name and cfg["model"]["preset"] == "benchmark"
+    params = {k: v for k, v in cfg["model"]["params"].items() if k != "weights"}
+    assert params == info.presets["benchmark"]
+    assert cfg["strategy"] == "naive" and cfg["dataset"] == "folder"
+
+
+def test_issue_benchmark_settings_are_the_registry_presets():
+    b = {name: REGISTRY[name].presets["benchmark"] for name in REGISTRY}
+    assert b["cfa"] == {**b["cfa"], "backbone": "wide_resnet50_2", "gamma_c": 1, "gamma_d": 1,
+                             "num_nearest_neighbors": 3, "num_hard_negative_features": 3, "radius": 1e-5,
+                             "epochs": 30}
+    assert b["padim"] == {"backbone": "resnet18", "layers": ["layer1", "layer2", "layer3"]}
+    assert (b["csflow"]["cross_conv_hidden_channels"], b["csflow"]["n_coupling_blocks"], b["csflow"]["clamp"],
+            b["csflow"]["epochs"]) == (1024, 4, 3, 240)
+    assert b["patchcore"] == {"backbone": "wide_resnet50_2", "layers": ["layer2", "layer3"], "coreset_ratio": 0.1,
+                              "num_neighbors": 9}
+    assert (b["reverse_distillation"]["backbone"], b["reverse_distillation"]["layers"],
+            b["reverse_distillation"]["epochs"]) == ("wide_resnet50_2", ["layer1", "layer2", "layer3"], 200)
+
+
+def test_run_reads_a_config_and_the_command_line_overrides_it(tmp_path, synthetic_root, tiny_stream):
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "model": {"name": "ganomaly", "preset": "light", "params": {"latent_vec_size": 8}},
+        "dataset": "synthetic", "root": str(synthetic_root), "categories": ["bracket"], "image_size": 64,
+        "strategy": "naive", "out": str(tmp_path / "out"), "wandb": "off"}))
+    assert main(["run", "--config", str(cfg), "--name", "cfgrun", "--no-progress", "--param", "n_features=8"]) == 0
+    settings = yaml.safe_load((tmp_path / "out" / "cfgrun" / "config.json").read_text())["settings"]
+    assert settings["model"] == "ganomaly" and settings["latent_vec_size"] == 8 and settings["n_features"] == 8
+    assert settings["tasks"] == ["bracket"] and settings["epochs"] == 1
+
+
+def test_config_with_an_unknown_key_is_refused(tmp_path):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("model: {name: padim}\nepochz: 3\n")
+    with pytest.raises(SystemExit, match="epochz"):
+        main(["run", "--config", str(cfg)])
