@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
+from ..cache import FeatureCache
 from ..scenarios.base import ImageSet, Sample, Scenario, Task
 from .buffers import ReplayBuffer
 from .models import FrozenFeatureModel
@@ -27,35 +27,7 @@ from .models import FrozenFeatureModel
 log = logging.getLogger(__name__)
 
 REGIMES = ("naive", "replay", "cumulative", "joint", "per_task")
-
-
-class FeatureCache:
-    """Embeddings of each image, computed once per (model feature key, image size, file).
-
-    The models it serves have frozen backbones, so an image's embedding never changes within a
-    run; the T x T evaluation then costs one backbone pass per test image instead of T.
-    """
-
-    def __init__(self) -> None:
-        self._store: dict[tuple[str, int, str], torch.Tensor] = {}
-        self.forward_images = 0  # images pushed through a backbone, for benchmarks
-
-    def embeddings(self, model: FrozenFeatureModel, data: ImageSet, batch_size: int = 16) -> torch.Tensor:
-        keys = [(model.feature_key, data.image_size, str(s.image_path)) for s in data.samples]
-        todo = [i for i, k in enumerate(keys) if k not in self._store]
-        if todo:
-            subset = torch.utils.data.Subset(data, todo)
-            at = 0
-            for batch in DataLoader(subset, batch_size=batch_size, shuffle=False):
-                emb = model.extract(batch["image"])
-                for row in emb:
-                    self._store[keys[todo[at]]] = row.clone()
-                    at += 1
-                self.forward_images += len(emb)
-        return torch.stack([self._store[k] for k in keys])
-
-    def __len__(self) -> int:
-        return len(self._store)
+__all__ = ["REGIMES", "FeatureCache", "Predictions", "Strategy"]
 
 
 @dataclass
@@ -133,6 +105,39 @@ class Strategy:
         if self.regime == "per_task":
             self.task_states_[task.task_id] = self.model.get_state()
         self.trained_tasks_.append(task.task_id)
+        return self
+
+    def state_dict(self) -> dict:
+        """Everything fitting has learned, as nested dicts/lists of tensors and plain data.
+
+        Covers any model whose ``get_state()`` returns a dict of tensors (gradient-trained
+        models included); see :mod:`cl_iad.checkpoint`.
+        """
+        from ..checkpoint import encode_samples
+
+        fitted = getattr(self.model, "fitted_", True)
+        return {"regime": self.regime, "model_config": self.model.config(),
+                "model": self.model.get_state() if fitted else None,
+                "buffer": self.buffer_.state_dict() if self.buffer_ is not None else None,
+                "seen": encode_samples(self.seen_),
+                "task_states": {int(k): v for k, v in self.task_states_.items()},
+                "trained_tasks": [int(t) for t in self.trained_tasks_]}
+
+    def load_state_dict(self, state: dict) -> Strategy:
+        """Restore what :meth:`state_dict` saved; refuses a state of another model or regime."""
+        from ..checkpoint import decode_samples
+
+        mine = (self.regime, self.model.config())
+        if (state["regime"], state["model_config"]) != mine:
+            raise ValueError(f"strategy state is for {state['regime']} {state['model_config']}, not {mine[0]} "
+                             f"{mine[1]}; load it into a strategy built with the same settings")
+        if state["model"] is not None:
+            self.model.set_state(state["model"])
+        if self.buffer_ is not None and state["buffer"] is not None:
+            self.buffer_.load_state_dict(state["buffer"])
+        self.seen_ = decode_samples(state["seen"])
+        self.task_states_ = {int(k): v for k, v in state["task_states"].items()}
+        self.trained_tasks_ = [int(t) for t in state["trained_tasks"]]
         return self
 
     @torch.no_grad()

@@ -32,6 +32,9 @@ class FrozenFeatureModel:
     family = "memory bank"
     task_type = "segmentation"
     default_layer_picks: tuple[int, ...] = (0, 1, 2)
+    # False for models whose training changes what `extract` returns (a trained backbone or
+    # feature adaptor): the feature cache then never stores their features.
+    frozen_backbone = True
 
     def __init__(
         self,
@@ -184,6 +187,11 @@ class Padim(FrozenFeatureModel):
 
     def config(self) -> dict:
         return {**super().config(), "n_features": self.n_features}
+
+    @property
+    def feature_key(self) -> str:
+        # the embedding keeps n_features randomly chosen channels, so they are part of its identity
+        return f"{super().feature_key}|nf{self.n_features}"
 
     @torch.no_grad()
     def extract(self, images):
