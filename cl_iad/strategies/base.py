@@ -76,7 +76,7 @@ class Strategy:
     def config(self) -> dict:
         return {"regime": self.regime, "buffer_size": self.buffer_size if self.regime == "replay" else None,
                 "buffer_policy": self.buffer_policy if self.regime == "replay" else None,
-                "task_aware": self.task_aware, **self.model.config()}
+                "task_aware": self.task_aware, "strategy_seed": self.seed, **self.model.config()}
 
     def _training_samples(self, task: Task, scenario: Scenario) -> list[Sample] | None:
         """The normal samples this regime fits on at `task`, or None to keep the current state."""

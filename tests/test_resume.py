@@ -1,0 +1,103 @@
+"""Crash safety and determinism: kill -9 mid-stream, restart, and get the same cells bit for bit."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from cl_iad.checkpoint import Checkpointer
+from cl_iad.results import ResultStore
+from cl_iad.runner import run
+from cl_iad.strategies import FeatureCache, Strategy, build_model
+
+REPO = Path(__file__).resolve().parents[1]
+METRICS = "image_auroc,pixel_auroc,pro"
+
+
+def _cli(tiny_stream, out: Path) -> list[str]:
+    return [sys.executable, "-m", "cl_iad", "-v", "run", "--dataset", "folder", "--root", str(tiny_stream.root),
+            "--image-size", "64", "--model", "patchcore", "--strategy", "replay", "--buffer-size", "6",
+            "--buffer-policy", "task_balanced", "--metrics", METRICS, "--wandb", "off", "--no-progress", "--out", str(out),
+            "--name", "r"]
+
+
+def _env() -> dict:
+    return {**os.environ, "PYTHONPATH": str(REPO), "PYTHONWARNINGS": "ignore"}
+
+
+def test_killed_run_resumes_without_refitting_and_matches_an_unbroken_run(tiny_stream, tmp_path):
+    full = subprocess.run(_cli(tiny_stream, tmp_path / "full"), env=_env(), cwd=REPO, capture_output=True,
+                          text=True, timeout=300)
+    assert full.returncode == 0, full.stderr[-2000:]
+
+    cells = tmp_path / "broken" / "r" / "cells.csv"
+    proc = subprocess.Popen(_cli(tiny_stream, tmp_path / "broken"), env=_env(), cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None:
+        if cells.exists() and any(line.startswith("1,") for line in cells.read_text().splitlines()):
+            os.kill(proc.pid, signal.SIGKILL)
+            break
+        time.sleep(0.005)
+    assert proc.wait(timeout=60) == -signal.SIGKILL, "the run finished before it could be killed"
+    n_total = len(tiny_stream) ** 2 * 3
+    assert len(ResultStore(cells.parent).cells()) < n_total
+
+    again = subprocess.run(_cli(tiny_stream, tmp_path / "broken"), env=_env(), cwd=REPO, capture_output=True,
+                           text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "resumed from" in again.stderr
+    assert f"task 0 ({tiny_stream.names[0]}): fitted" not in again.stderr, "task 0 was fitted again"
+
+    a = pd.read_csv(tmp_path / "full" / "r" / "cells.csv", dtype=str)
+    b = pd.read_csv(cells, dtype=str)
+    key = ["trained_upto", "eval_task", "metric"]
+    assert len(b) == n_total and not b.duplicated(key).any()
+    pd.testing.assert_frame_equal(a.sort_values(key).reset_index(drop=True), b.sort_values(key).reset_index(drop=True))
+    for m in ("image_auroc", "pro"):
+        assert (tmp_path / "full" / "r" / f"matrix_{m}.csv").read_text() == (cells.parent / f"matrix_{m}.csv").read_text()
+
+
+def test_replay_state_roundtrip_continues_exactly_like_an_unbroken_strategy(tiny_stream, tmp_path, shared_cache):
+    def make() -> Strategy:
+        return Strategy(build_model("patchcore"), "replay", buffer_size=5, buffer_policy="task_balanced",
+                        cache=shared_cache)
+
+    unbroken = make()
+    for task in tiny_stream:
+        unbroken.fit_task(task, tiny_stream)
+    first = make().fit_task(tiny_stream[0], tiny_stream).fit_task(tiny_stream[1], tiny_stream)
+    torch.save(first.state_dict(), tmp_path / "s.pt")
+    resumed = make().load_state_dict(torch.load(tmp_path / "s.pt", weights_only=True))
+    resumed.fit_task(tiny_stream[2], tiny_stream)
+    assert torch.equal(resumed.model.get_state()["memory_bank"], unbroken.model.get_state()["memory_bank"])
+    assert resumed.buffer_.samples == unbroken.buffer_.samples
+    assert resumed.seen_ == unbroken.seen_ and resumed.trained_tasks_ == unbroken.trained_tasks_
+
+
+def test_same_seed_gives_identical_cells_and_config_records_seed_and_versions(tiny_stream, tmp_path):
+    outs = []
+    for k in range(2):
+        strategy = Strategy(build_model("patchcore", seed=3), "cumulative", cache=FeatureCache(), seed=3)
+        outs.append(run(strategy, tiny_stream, tmp_path / str(k), metrics=METRICS.split(","), wandb="off",
+                        progress=False))
+    a, b = ((o.run_dir / "cells.csv").read_text() for o in outs)
+    assert a == b and len(a.splitlines()) == 1 + len(tiny_stream) ** 2 * 3
+    cfg = json.loads((outs[0].run_dir / "config.json").read_text())
+    assert cfg["settings"]["seed"] == 3 and cfg["settings"]["strategy_seed"] == 3
+    assert {"torch", "anomalib", "numpy", "python"} <= set(cfg["versions"])
+    # a finished run restarted with the same arguments fits nothing and appends nothing
+    strategy = Strategy(build_model("patchcore", seed=3), "cumulative", cache=FeatureCache(), seed=3)
+    ckpt = Checkpointer(outs[0].run_dir, tiny_stream.names, cfg["settings"])
+    assert [i for i, _ in ckpt.existing()] == [len(tiny_stream) - 1]
+    run(strategy, tiny_stream, tmp_path / "0", metrics=METRICS.split(","), wandb="off", progress=False)
+    assert strategy.cache.forward_images == 0, "a finished run must not fit or evaluate again"
+    assert (outs[0].run_dir / "cells.csv").read_text() == a
