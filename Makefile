@@ -26,6 +26,9 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow" tests
 
+bench: $(STAMP)
+	$(BIN)/python benchmarks/run_all.py
+
 lint: $(STAMP)
 	$(BIN)/ruff check cl_iad tests benchmarks experiments
 

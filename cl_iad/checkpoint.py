@@ -148,7 +148,7 @@ class Checkpointer:
         """Read a checkpoint; tensors and plain data only unless the model stored other objects."""
         try:
             return torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same advice
+        except Exception as exc:  # any unreadable file gets the same advice
             if "weights_only" not in str(exc):
                 raise RuntimeError(f"checkpoint {path} cannot be read ({exc}); delete it (or the folder "
                                    f"{self.directory}) to re-fit the tasks it covered") from exc

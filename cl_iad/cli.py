@@ -48,6 +48,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--buffer-size", type=int, default=20, help="replay: images kept from past tasks")
     r.add_argument("--buffer-policy", default="reservoir", help="replay: reservoir | task_balanced")
     r.add_argument("--metrics", default=",".join(METRICS), help="comma-separated metrics")
+    r.add_argument("--cache-dir", type=Path,
+                   help="also keep backbone features on disk here (large streams; reused by restarts and later runs)")
+    r.add_argument("--cache-memory-mb", type=float,
+                   help="bound on features held in memory (default unbounded; with --cache-dir the rest stays on disk)")
+    r.add_argument("--bank-budget", type=int, help="memory-bank models: cap on memory-bank rows (coreset down to it)")
+    r.add_argument("--no-checkpoint", action="store_true",
+                   help="do not save the model after each task (a restart then re-fits earlier tasks)")
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--out", type=Path, default=Path("results"), help="output folder; each run gets a subfolder")
     r.add_argument("--name", help="run folder name (default derived from the settings)")
@@ -72,6 +79,7 @@ def _scenario(args):
 
 
 def cmd_run(args) -> int:
+    from .cache import FeatureCache
     from .console import print_result
     from .runner import run
     from .strategies import Strategy, build_model
@@ -84,15 +92,22 @@ def cmd_run(args) -> int:
     scenario = _scenario(args)
     log.info("stream of %d tasks: %s", len(scenario), " -> ".join(scenario.names))
     name = None
+    cache = FeatureCache(args.cache_dir, args.cache_memory_mb)  # shared: every regime reuses the features
+    extra = {} if args.bank_budget is None else {"max_bank_size": args.bank_budget}
     for regime in regimes:
         start = time.perf_counter()
-        model = build_model(args.model, backbone=args.backbone, weights=args.weights, seed=args.seed)
+        try:
+            model = build_model(args.model, backbone=args.backbone, weights=args.weights, seed=args.seed, **extra)
+        except TypeError as exc:
+            raise ValueError(f"--bank-budget applies to memory-bank models such as patchcore, not {args.model!r} "
+                             f"({exc}); drop the option") from None
         strategy = Strategy(model, regime, buffer_size=args.buffer_size, buffer_policy=args.buffer_policy,
-                            seed=args.seed)
+                            seed=args.seed, cache=cache)
         if args.name:
             name = args.name if len(regimes) == 1 else f"{args.name}-{regime}"
         result = run(strategy, scenario, args.out, name=name, metrics=_csv_list(args.metrics),
-                     wandb=args.wandb, progress=not args.no_progress, overwrite=args.overwrite)
+                     wandb=args.wandb, progress=not args.no_progress, overwrite=args.overwrite,
+                     checkpoint=not args.no_checkpoint)
         print_result(result, strategy, time.perf_counter() - start)
     return 0
 
