@@ -9,7 +9,7 @@ from cl_iad.strategies import build_model
 from cl_iad.strategies.knn import euclidean_dist, nearest_neighbors
 
 
-@pytest.mark.parametrize("max_elements", [7, 64 * 50, 2**22])
+@pytest.mark.parametrize("max_elements", [64 * 9, 64 * 50, 2**22])
 def test_blocked_search_equals_full_distance_matrix(max_elements):
     g = torch.Generator().manual_seed(0)
     q, bank = torch.randn(300, 12, generator=g), torch.randn(530, 12, generator=g)
