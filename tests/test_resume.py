@@ -103,3 +103,15 @@ def test_same_seed_gives_identical_cells_and_config_records_seed_and_versions(ti
     run(strategy, stream, tmp_path / "0", metrics=metrics, wandb="off", progress=False)
     assert strategy.cache.forward_images == 0, "a finished run must not fit or evaluate again"
     assert (outs[0].run_dir / "cells.csv").read_text() == a
+
+
+def test_a_cell_cut_off_by_a_crash_is_dropped_and_the_next_append_starts_clean(tmp_path):
+    store = ResultStore(tmp_path)
+    store.append([(0, "a", "a", "image_auroc", 0.75), (0, "a", "b", "image_auroc", 0.5)])
+    with store.path.open("a") as fh:
+        fh.write("0,a,c,image_au")  # a kill in the middle of a write
+    assert len(store.cells()) == 2
+    store.append([(0, "a", "c", "image_auroc", 0.25)])
+    cells = store.cells()
+    assert list(cells.eval_task) == ["a", "b", "c"] and list(cells.value) == [0.75, 0.5, 0.25]
+    assert store.path.read_text().count("\n") == 4  # header + three complete rows
