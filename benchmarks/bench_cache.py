@@ -55,21 +55,27 @@ def _one(scenario, enabled: bool, out) -> dict:
     return {"run": time.perf_counter() - start, **spent, "forwards": cache.forward_images}
 
 
-def main() -> dict:
+def main(argv: list[str] | None = None) -> dict:
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--image-size", type=int, default=128, help="synthetic image size (the demo's is 128)")
+    parser.add_argument("--repeats", type=int, default=2, help="alternating runs per variant; the best is kept")
+    args = parser.parse_args(argv)
     setup_logging()
     from cl_iad.scenarios import synthetic
 
     out = work_dir("cache")
-    scenario = synthetic(out / "data", n_tasks=5)
+    scenario = synthetic(out / "data", n_tasks=5, image_size=args.image_size)
     n_test = sum(len(t.test) for t in scenario)
     best: dict[bool, dict] = {}
-    for enabled in (False, True, False, True):
+    for enabled in (False, True) * args.repeats:
         r = _one(scenario, enabled, out)
         if enabled not in best or r["eval"] < best[enabled]["eval"]:
             best[enabled] = r
     on, off = best[True], best[False]
-    return emit("cache_txt_eval", {
-        "tasks": len(scenario), "test_images": n_test,
+    return emit(f"cache_txt_eval_{args.image_size}px", {
+        "tasks": len(scenario), "image_size": args.image_size, "test_images": n_test,
         "run_s_without": round(off["run"], 2), "run_s_with": round(on["run"], 2),
         "run_speedup": round(off["run"] / on["run"], 2),
         "eval_s_without": round(off["eval"], 2), "eval_s_with": round(on["eval"], 2),
