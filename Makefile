@@ -27,6 +27,7 @@ test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow" tests
 
 bench: $(STAMP)
+	$(BIN)/python benchmarks/run_all.py
 	$(BIN)/python benchmarks/bench_metrics.py --sklearn --out results/bench_metrics.json
 
 lint: $(STAMP)

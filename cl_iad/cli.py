@@ -69,6 +69,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--buffer-size", type=int, default=20, help="replay: images kept from past tasks")
     r.add_argument("--buffer-policy", default="reservoir", help="replay: reservoir | task_balanced")
     r.add_argument("--metrics", default=",".join(METRICS), help="comma-separated metrics")
+    r.add_argument("--cache-dir", type=Path,
+                   help="also keep backbone features on disk here (large streams; reused by restarts and later runs)")
+    r.add_argument("--cache-memory-mb", type=float,
+                   help="bound on features held in memory (default unbounded; with --cache-dir the rest stays on disk)")
+    r.add_argument("--bank-budget", type=int, help="memory-bank models: cap on memory-bank rows (coreset down to it)")
+    r.add_argument("--no-checkpoint", action="store_true",
+                   help="do not save the model after each task (a restart then re-fits earlier tasks)")
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--out", type=Path, default=Path("results"), help="output folder; each run gets a subfolder")
     r.add_argument("--name", help="run folder name (default derived from the settings)")
@@ -117,6 +124,7 @@ def _scenario(args):
 
 
 def cmd_run(args) -> int:
+    from .cache import FeatureCache
     from .console import print_result
     from .models.registry import model_info
     from .runner import run
@@ -131,16 +139,23 @@ def cmd_run(args) -> int:
     scenario = _scenario(args)
     log.info("stream of %d tasks: %s", len(scenario), " -> ".join(scenario.names))
     name = None
+    cache = FeatureCache(args.cache_dir, args.cache_memory_mb)  # shared: every regime reuses the features
+    if args.bank_budget is not None:
+        if args.model != "patchcore":
+            raise ValueError(f"--bank-budget applies to memory-bank models such as patchcore, not {args.model!r}; "
+                             "drop the option")
+        model_kwargs["max_bank_size"] = args.bank_budget
     for regime in regimes:
         start = time.perf_counter()
         model = build_model(info.name, args.preset, **model_kwargs)
         eval_mode = "agnostic" if args.task_agnostic else args.eval_mode
         strategy = Strategy(model, regime, buffer_size=args.buffer_size, buffer_policy=args.buffer_policy,
-                            seed=args.seed, eval_mode=eval_mode)
+                            seed=args.seed, eval_mode=eval_mode, cache=cache)
         if args.name:
             name = args.name if len(regimes) == 1 else f"{args.name}-{regime}"
         result = run(strategy, scenario, args.out, name=name, metrics=_csv_list(args.metrics),
-                     wandb=args.wandb, progress=not args.no_progress, overwrite=args.overwrite)
+                     wandb=args.wandb, progress=not args.no_progress, overwrite=args.overwrite,
+                     checkpoint=not args.no_checkpoint)
         print_result(result, strategy, time.perf_counter() - start)
     return 0
 

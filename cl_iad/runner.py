@@ -6,6 +6,7 @@ import json
 import logging
 import platform
 import re
+import shutil
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from . import metrics as M
+from .checkpoint import Checkpointer, seeded
 from .results import METRICS, ResultStore, atomic_write_text, chance_baseline, matrix, write_tables
 from .scenarios.base import Scenario
 from .strategies.base import Predictions, Strategy
@@ -159,6 +161,7 @@ def _prepare_run_dir(run_dir: Path, config: dict, overwrite: bool) -> None:
     elif overwrite and run_dir.exists():
         for name in ("cells.csv", "summary.json", "thresholds.jsonl", "thresholds_drift.json"):
             (run_dir / name).unlink(missing_ok=True)
+        shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(cfg_path, json.dumps(config, indent=2, default=str))
 
@@ -174,11 +177,16 @@ def run(
     overwrite: bool = False,
     extra_config: dict | None = None,
     wandb_group: str | None = None,
+    checkpoint: bool = True,
 ) -> RunResult:
     """Train `strategy` on each task of `scenario` and evaluate every task after each one.
 
     Cells already present in the run directory (same settings) are not recomputed, so an
-    interrupted run restarted with the same arguments continues where it stopped.
+    interrupted run restarted with the same arguments continues where it stopped. With
+    `checkpoint`, the strategy is saved after each task is fitted, and a restart loads the
+    newest checkpoint instead of fitting earlier tasks again (see :mod:`cl_iad.checkpoint`).
+    Each task is fitted under its own seed derived from ``strategy.seed``, so resumed and
+    uninterrupted runs give identical cells.
     """
     from tqdm.auto import tqdm
 
@@ -199,6 +207,9 @@ def run(
     store = ResultStore(run_dir)
     done = {(r.trained_upto, r.eval_task, r.metric) for r in store.cells().itertuples(index=False)}
     names = scenario.names
+    ckpt = Checkpointer(run_dir, names, settings) if checkpoint else None
+    complete = {i for i in range(len(names)) if all((i, n, m) in done for n in names for m in metrics)}
+    resumed = ckpt.resume(strategy, complete) if ckpt is not None else -1
     truth: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     wb = WandbRun(wandb, run_dir, name, settings, group=wandb_group)
     t = len(scenario)
@@ -206,7 +217,11 @@ def run(
     try:
         for i, task in enumerate(scenario):
             bar.set_postfix_str(f"train {task.name}")
-            strategy.fit_task(task, scenario)
+            if i > resumed:
+                with seeded(strategy.seed, i):
+                    strategy.fit_task(task, scenario)
+                if ckpt is not None:
+                    ckpt.save(strategy, i)
             row: dict[str, float] = {}
             for j, other in enumerate(scenario):
                 todo = [m for m in metrics if (i, other.name, m) not in done]

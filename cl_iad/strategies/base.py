@@ -23,8 +23,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
+from ..cache import FeatureCache
 from ..scenarios.base import ImageSet, Sample, Scenario, Task
 from .buffers import ReplayBuffer
 from .models import FrozenFeatureModel
@@ -36,35 +36,7 @@ REGIMES = ("naive", "replay", "cumulative", "joint", "per_task")
 EVAL_MODES = ("aware", "agnostic")
 # Gradient-trained models (see strategies/gradient.py) also support these regularisation regimes.
 GRADIENT_REGIMES = (*REGIMES, "ewc", "lwf")
-
-
-class FeatureCache:
-    """Embeddings of each image, computed once per (model feature key, image size, file).
-
-    The models it serves have frozen backbones, so an image's embedding never changes within a
-    run; the T x T evaluation then costs one backbone pass per test image instead of T.
-    """
-
-    def __init__(self) -> None:
-        self._store: dict[tuple[str, int, str], torch.Tensor] = {}
-        self.forward_images = 0  # images pushed through a backbone, for benchmarks
-
-    def embeddings(self, model: FrozenFeatureModel, data: ImageSet, batch_size: int = 16) -> torch.Tensor:
-        keys = [(model.feature_key, data.image_size, str(s.image_path)) for s in data.samples]
-        todo = [i for i, k in enumerate(keys) if k not in self._store]
-        if todo:
-            subset = torch.utils.data.Subset(data, todo)
-            at = 0
-            for batch in DataLoader(subset, batch_size=batch_size, shuffle=False):
-                emb = model.extract(batch["image"])
-                for row in emb:
-                    self._store[keys[todo[at]]] = row.clone()
-                    at += 1
-                self.forward_images += len(emb)
-        return torch.stack([self._store[k] for k in keys])
-
-    def __len__(self) -> int:
-        return len(self._store)
+__all__ = ["EVAL_MODES", "GRADIENT_REGIMES", "REGIMES", "FeatureCache", "Predictions", "Strategy"]
 
 
 @dataclass
@@ -141,7 +113,7 @@ class Strategy:
     def config(self) -> dict:
         return {"regime": self.regime, "buffer_size": self.buffer_size if self.regime == "replay" else None,
                 "buffer_policy": self.buffer_policy if self.regime == "replay" else None,
-                "task_aware": self.task_aware, "eval_mode": "aware" if self.task_aware else "agnostic",
+                "task_aware": self.task_aware, "strategy_seed": self.seed, "eval_mode": "aware" if self.task_aware else "agnostic",
                 "router": f"feature_stats:{self.router_metric}" if self.routes else None, **self.model.config()}
 
     def _training_samples(self, task: Task, scenario: Scenario) -> list[Sample] | None:
@@ -174,6 +146,49 @@ class Strategy:
         if self.regime == "per_task":
             self.task_states_[task.task_id] = self.model.get_state()
         self.trained_tasks_.append(task.task_id)
+        return self
+
+    def state_dict(self) -> dict:
+        """Everything fitting has learned, as nested dicts/lists of tensors and plain data.
+
+        Covers any model whose ``get_state()`` returns a dict of tensors (gradient-trained
+        models included); see :mod:`cl_iad.checkpoint`.
+        """
+        from ..checkpoint import encode_samples
+
+        fitted = getattr(self.model, "fitted_", True)
+        return {"regime": self.regime, "model_config": self.model.config(),
+                "model": self.model.get_state() if fitted else None,
+                "buffer": self.buffer_.state_dict() if self.buffer_ is not None else None,
+                "seen": encode_samples(self.seen_),
+                "task_states": {int(k): v for k, v in self.task_states_.items()},
+                "trained_tasks": [int(t) for t in self.trained_tasks_],
+                "extra": self._extra_state()}
+
+    def _extra_state(self) -> dict:
+        """State beyond the model's own that a subclass or option adds (the task router here)."""
+        return {"router": self.router_.state_dict()} if self.router_ is not None else {}
+
+    def _load_extra_state(self, extra: dict) -> None:
+        if self.router_ is not None and "router" in extra:
+            self.router_.load_state_dict(extra["router"])
+
+    def load_state_dict(self, state: dict) -> Strategy:
+        """Restore what :meth:`state_dict` saved; refuses a state of another model or regime."""
+        from ..checkpoint import decode_samples
+
+        mine = (self.regime, self.model.config())
+        if (state["regime"], state["model_config"]) != mine:
+            raise ValueError(f"strategy state is for {state['regime']} {state['model_config']}, not {mine[0]} "
+                             f"{mine[1]}; load it into a strategy built with the same settings")
+        self._load_extra_state(state.get("extra", {}))
+        if state["model"] is not None:
+            self.model.set_state(state["model"])
+        if self.buffer_ is not None and state["buffer"] is not None:
+            self.buffer_.load_state_dict(state["buffer"])
+        self.seen_ = decode_samples(state["seen"])
+        self.task_states_ = {int(k): v for k, v in state["task_states"].items()}
+        self.trained_tasks_ = [int(t) for t in state["trained_tasks"]]
         return self
 
     @torch.no_grad()

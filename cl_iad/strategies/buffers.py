@@ -67,3 +67,47 @@ class ReplayBuffer:
             else:
                 self._storage.post_adapt(None, SimpleNamespace(dataset=data))
         self._updates += 1
+
+    # -- checkpointing --------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """The buffer's contents and its policy's random weights, as plain data and tensors."""
+        from ..checkpoint import encode_samples
+
+        def group(storage) -> dict:
+            data = storage.buffer
+            return {"max_size": storage.max_size, "samples": encode_samples([data[i] for i in range(len(data))]),
+                    "weights": storage._buffer_weights.clone()}
+
+        state = {"size": self.size, "policy": self.policy, "seed": self.seed, "updates": self._updates}
+        if self.policy == "reservoir":
+            state["groups"] = {0: group(self._storage)}
+        else:
+            state["num_exps"] = self._storage._num_exps
+            state["groups"] = {int(k): group(g) for k, g in self._storage.buffer_groups.items()}
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore contents saved by :meth:`state_dict`; later updates then match an unbroken run."""
+        from avalanche.benchmarks.utils import AvalancheDataset
+        from avalanche.training.storage_policy import ReservoirSamplingBuffer
+
+        from ..checkpoint import decode_samples
+
+        mine = (self.size, self.policy, self.seed)
+        if (state["size"], state["policy"], state["seed"]) != mine:
+            raise ValueError(f"replay buffer checkpoint is for size/policy/seed {state['size'], state['policy'], state['seed']}, "
+                             f"this buffer is {mine}; delete the checkpoint or use the same settings")
+
+        def group(g: dict) -> ReservoirSamplingBuffer:
+            storage = ReservoirSamplingBuffer(g["max_size"])
+            storage.buffer = AvalancheDataset([_Records(decode_samples(g["samples"]))])
+            storage._buffer_weights = g["weights"].clone()
+            return storage
+
+        if self.policy == "reservoir":
+            restored = group(state["groups"][0])
+            self._storage.buffer, self._storage._buffer_weights = restored.buffer, restored._buffer_weights
+        else:
+            self._storage._num_exps = state["num_exps"]
+            self._storage.buffer_groups = {int(k): group(g) for k, g in sorted(state["groups"].items())}
+        self._updates = state["updates"]

@@ -127,6 +127,22 @@ class GradientStrategy(Strategy):
             maps.append(m)
         return predictions(scores, maps)
 
+    def _extra_state(self) -> dict:
+        """What a resumed run needs beyond the weights: image size (to build the module before
+        loading weights), the initial weights (per_task restarts from them), EWC/LwF state."""
+        return {"image_size": self.model.image_size_, "initial": self.initial_state_,
+                "regulariser": self.regulariser_state()}
+
+    def _load_extra_state(self, extra: dict) -> None:
+        if extra.get("image_size") is not None:
+            self.model.setup(int(extra["image_size"]))
+        self.initial_state_ = extra.get("initial")
+        reg = extra.get("regulariser") or {}
+        if self.ewc_ is not None:
+            self.ewc_.load_state(reg)
+        if self.lwf_ is not None:
+            self.lwf_.load_state(reg, self.model)
+
     def regulariser_state(self) -> dict[str, torch.Tensor]:
         """EWC anchors/Fishers or the LwF teacher, for checkpoints alongside ``model.get_state()``."""
         if self.ewc_ is not None:

@@ -21,6 +21,7 @@ import torch
 
 from ..backbones import DEFAULT_BACKBONE, backbone_spec, load_into, resolve_state_dict, weights_tag
 from .coreset import greedy_coreset_indices
+from .knn import nearest_neighbors
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,9 @@ class FrozenFeatureModel:
     family = "memory bank"
     task_type = "segmentation"
     default_layer_picks: tuple[int, ...] = (0, 1, 2)
+    # False for models whose training changes what `extract` returns (a trained backbone or
+    # feature adaptor): the feature cache then never stores their features.
+    frozen_backbone = True
 
     def __init__(
         self,
@@ -128,9 +132,13 @@ class PatchCore(FrozenFeatureModel):
     family = "memory bank"
     default_layer_picks = (1, 2)
 
-    def __init__(self, *args, coreset_ratio: float = 0.1, num_neighbors: int = 9, **kwargs) -> None:
+    def __init__(self, *args, coreset_ratio: float = 0.1, num_neighbors: int = 9,
+                 max_bank_size: int | None = None, **kwargs) -> None:
+        if max_bank_size is not None and max_bank_size <= 0:
+            raise ValueError(f"max_bank_size must be a positive number of rows, got {max_bank_size}")
         self.coreset_ratio = coreset_ratio
         self.num_neighbors = num_neighbors
+        self.max_bank_size = max_bank_size  # memory-bank budget: the coreset never exceeds it
         super().__init__(*args, **kwargs)
 
     def _build(self, timm_name: str) -> torch.nn.Module:
@@ -140,7 +148,8 @@ class PatchCore(FrozenFeatureModel):
                               num_neighbors=self.num_neighbors)
 
     def config(self) -> dict:
-        return {**super().config(), "coreset_ratio": self.coreset_ratio, "num_neighbors": self.num_neighbors}
+        return {**super().config(), "coreset_ratio": self.coreset_ratio, "num_neighbors": self.num_neighbors,
+                "max_bank_size": self.max_bank_size}
 
     @torch.no_grad()
     def extract(self, images: torch.Tensor) -> torch.Tensor:
@@ -151,7 +160,10 @@ class PatchCore(FrozenFeatureModel):
 
     def fit(self, embeddings: torch.Tensor) -> PatchCore:
         flat = self.module.reshape_embedding(embeddings)
-        idx = greedy_coreset_indices(flat, self.coreset_ratio, seed=self.seed) if self.coreset_ratio < 1 else None
+        n = flat.shape[0]
+        k = int(n * self.coreset_ratio) if self.coreset_ratio < 1 else n
+        budget = self.max_bank_size if self.max_bank_size is not None and self.max_bank_size < k else None
+        idx = greedy_coreset_indices(flat, self.coreset_ratio, seed=self.seed, size=budget) if budget or k < n else None
         bank = flat[idx] if idx is not None else flat
         self.module.memory_bank = bank.contiguous().clone()
         self.fitted_ = True
@@ -163,7 +175,7 @@ class PatchCore(FrozenFeatureModel):
         m = self.module
         b, _, h, w = embeddings.shape
         flat = m.reshape_embedding(embeddings)
-        patch_scores, locations = m.nearest_neighbors(embedding=flat, n_neighbors=1)
+        patch_scores, locations = nearest_neighbors(flat, m.memory_bank, 1)  # bounded memory, any bank size
         patch_scores = patch_scores.reshape(b, -1)
         pred = m.compute_anomaly_score(patch_scores, locations.reshape(b, -1), flat)
         amap = m.anomaly_map_generator(patch_scores.reshape(b, 1, h, w), image_size)
@@ -205,6 +217,11 @@ class Padim(FrozenFeatureModel):
 
     def config(self) -> dict:
         return {**super().config(), "n_features": self.n_features}
+
+    @property
+    def feature_key(self) -> str:
+        # the embedding keeps n_features randomly chosen channels, so they are part of its identity
+        return f"{super().feature_key}|nf{self.n_features}"
 
     @torch.no_grad()
     def extract(self, images):

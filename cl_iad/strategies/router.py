@@ -50,6 +50,17 @@ class FeatureStatsRouter:
             self.vars_.append(var)
         return self
 
+    def state_dict(self) -> dict:
+        """Per-task statistics as plain data and tensors (for checkpoints and saved models)."""
+        return {"metric": self.metric, "eps": self.eps, "task_ids": list(self.task_ids_),
+                "means": [m.clone() for m in self.means_], "vars": [v.clone() for v in self.vars_]}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.metric, self.eps = state["metric"], state["eps"]
+        self.task_ids_ = [int(t) for t in state["task_ids"]]
+        self.means_ = [m.clone() for m in state["means"]]
+        self.vars_ = [v.clone() for v in state["vars"]]
+
     def scores(self, embeddings: torch.Tensor) -> torch.Tensor:
         """(N, K) cost of each image under each known task (lower is closer)."""
         if not self.task_ids_:
