@@ -55,7 +55,9 @@ def synthetic(
     unknown = [c for c in categories if c not in SYNTHETIC_CATEGORIES]
     if unknown:
         raise ValueError(f"unknown synthetic categories {unknown}; choose from {list(SYNTHETIC_CATEGORIES)}")
-    generate(root / f"seed{seed}_{image_size}px", categories, spec)
-    scenario = from_folder(root / f"seed{seed}_{image_size}px", categories, order, image_size, dataset="synthetic")
+    # every size setting is in the folder name, so streams of other sizes never rewrite this one's files
+    folder = root / f"seed{seed}_{image_size}px_{n_train}-{n_test_good}-{n_test_per_defect}"
+    generate(folder, categories, spec)
+    scenario = from_folder(folder, categories, order, image_size, dataset="synthetic")
     scenario.info["seed"] = seed
     return scenario
