@@ -98,6 +98,12 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--wandb", choices=["off", "offline", "online"], help="override the config's wandb mode")
     sw.add_argument("--no-report", action="store_true", help="skip writing the report at the end")
 
+    pr = sub.add_parser("predict", help="score new images with a saved model (a run's model/ folder)")
+    pr.add_argument("--model-dir", type=Path, required=True, help="RUN_DIR/model of a finished run")
+    pr.add_argument("--input", required=True, help="an image, a folder of images, or a quoted glob")
+    pr.add_argument("--task", help="task name (task-aware); without it the router or the all-task threshold is used")
+    pr.add_argument("--out", type=Path, default=Path("predictions"), help="output folder")
+
     sh = sub.add_parser("show", help="grid of example heatmaps per task after each training step")
     sh.add_argument("run_dir", type=Path)
     sh.add_argument("--out", type=Path, help="PNG path (default RUN_DIR/plots/examples_grid.png)")
@@ -248,6 +254,19 @@ def cmd_sweep(args) -> int:
     return 1 if failed else 0
 
 
+def cmd_predict(args) -> int:
+    from .deploy import collect_inputs, load_strategy, predict_images
+
+    loaded = load_strategy(args.model_dir)
+    csv_path = predict_images(loaded, collect_inputs(args.input), args.task, args.out)
+    import pandas as pd
+
+    table = pd.read_csv(csv_path)
+    print(table[["image", "task", "score", "threshold", "decision"]].to_string(index=False))
+    print(f"predictions: {csv_path}\noverlays: {args.out / 'overlays'}")
+    return 0
+
+
 def cmd_show(args) -> int:
     from .visualize import example_grid
 
@@ -292,6 +311,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         commands = {"run": cmd_run, "models": cmd_models, "sweep": cmd_sweep, "report": cmd_report, "show": cmd_show,
+                    "predict": cmd_predict,
                     "wandb-report": cmd_wandb_report}
         return commands[args.command](args)
     except (DatasetLayoutError, WeightsError, RunConfigMismatch, ValueError, FileNotFoundError) as exc:

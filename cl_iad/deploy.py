@@ -33,8 +33,12 @@ log = logging.getLogger(__name__)
 FORMAT = 1
 
 
-def save_strategy(strategy, directory: Path | str, task_names: list[str], thresholds: dict | None = None) -> Path:
-    """Write `strategy` to `directory` (created); returns the directory."""
+def save_strategy(strategy, directory: Path | str, task_names: list[str], thresholds: dict | None = None,
+                  image_size: int = 256) -> Path:
+    """Write `strategy` to `directory` (created); returns the directory.
+
+    `thresholds` maps task names (and "*" for all tasks pooled) to {"image": {...}, "pixel": {...}}.
+    """
     from .checkpoint import atomic_torch_save
 
     directory = Path(directory)
@@ -43,7 +47,7 @@ def save_strategy(strategy, directory: Path | str, task_names: list[str], thresh
     if build is None:
         raise ValueError(f"model {strategy.model.name!r} was not built with build_model(); cannot record how to rebuild it")
     meta = {"format": FORMAT, "model": build, "strategy": strategy.build_args(), "task_names": list(task_names),
-            "thresholds": thresholds or {}, "config": strategy.config()}
+            "image_size": int(image_size), "thresholds": thresholds or {}, "config": strategy.config()}
     atomic_torch_save(strategy.state_dict(), directory / "state.pt")
     atomic_write_text(directory / "strategy.json", json.dumps(meta, indent=2, default=str))
     return directory
@@ -81,8 +85,7 @@ def load_strategy(directory: Path | str) -> LoadedModel:
     strategy = Strategy(model, **meta["strategy"])
     state = torch.load(directory / "state.pt", map_location="cpu", weights_only=True)
     strategy.load_state_dict(state)
-    return LoadedModel(strategy, meta["task_names"], meta.get("thresholds", {}),
-                       int(meta["config"].get("image_size") or 256))
+    return LoadedModel(strategy, meta["task_names"], meta.get("thresholds", {}), int(meta["image_size"]))
 
 
 def collect_inputs(spec: str | Path) -> list[Path]:
@@ -102,7 +105,7 @@ def collect_inputs(spec: str | Path) -> list[Path]:
 
 def predict_images(loaded: LoadedModel, inputs: list[Path], task: str | None, out: Path | str) -> Path:
     """Score `inputs`; write maps, overlays and predictions.csv under `out`; return the CSV path."""
-    from .visualize import overlay, save_png
+    from .visualize import overlay, panel, save_png
 
     out = Path(out)
     (out / "maps").mkdir(parents=True, exist_ok=True)
@@ -121,7 +124,7 @@ def predict_images(loaded: LoadedModel, inputs: list[Path], task: str | None, ou
     rows = []
     for k, path in enumerate(inputs):
         tid = task_id if task_id is not None else (int(routed[k]) if routed is not None else None)
-        tname = loaded.task_names[tid] if tid is not None else "*"
+        tname = loaded.task_names[tid] if tid is not None else "*"  # "*": thresholds fitted on all tasks pooled
         th = loaded.thresholds.get(tname) or loaded.thresholds.get("*") or {}
         img_th = th.get("image", {}).get("value")
         score = float(pred.pred_score[k])
@@ -133,7 +136,11 @@ def predict_images(loaded: LoadedModel, inputs: list[Path], task: str | None, ou
             pix_th = th.get("pixel", {}).get("value")
             image = data[k]["image"].permute(1, 2, 0).numpy()
             lo, hi = float(amap.min()), float(max(amap.max(), pix_th or amap.max()))
-            ov = save_png(overlay(image, amap, lo, hi, pix_th), out / "overlays" / f"{k:04d}_{path.stem}.png")
+            caption = (f"{path.name}  task {tname}  score {score:.3g}  threshold "
+                       f"{'n/a' if img_th is None else format(img_th, '.3g')}  -> {decision or 'no threshold'}"
+                       "   (white outline: predicted anomalous pixels)")
+            ov = save_png(panel(image, overlay(image, amap, lo, hi, pix_th), caption),
+                          out / "overlays" / f"{k:04d}_{path.stem}.png")
             row.update({"anomaly_map": str(out / "maps" / f"{k:04d}_{path.stem}.npy"), "overlay": str(ov),
                         "anomalous_pixels": int((amap >= pix_th).sum()) if pix_th is not None else None})
         rows.append(row)

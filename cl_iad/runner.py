@@ -118,6 +118,33 @@ def _record_extras(run_dir: Path, i: int, j: int, trained: str, other, pred: Pre
                           pred.anomaly_map[idx], masks[idx])
 
 
+def _pooled_sample(pred: Predictions, labels: np.ndarray, masks: np.ndarray, has_pixel_gt: bool,
+                   pixels: int = 200_000) -> tuple:
+    """Scores and labels of one task, and a fixed-seed sample of its pixels, for pooling."""
+    if pred.anomaly_map is None or not has_pixel_gt:
+        return pred.pred_score, labels, None, None
+    flat_map, flat_gt = pred.anomaly_map.ravel(), masks.ravel()
+    if flat_map.size > pixels:
+        pick = np.random.default_rng(0).choice(flat_map.size, pixels, replace=False)
+        flat_map, flat_gt = flat_map[pick], flat_gt[pick]
+    return pred.pred_score, labels, flat_map, flat_gt
+
+
+def _record_global_threshold(run_dir: Path, i: int, trained: str, pooled: list[tuple]) -> None:
+    """Thresholds fitted on all tasks' final predictions pooled (eval_task "*"), for images
+    whose task is unknown at deployment."""
+    from .thresholds import f1_optimal_threshold, fit_task_thresholds
+
+    rec = fit_task_thresholds(np.concatenate([p[0] for p in pooled]), np.concatenate([p[1] for p in pooled]))
+    with_maps = [p for p in pooled if p[2] is not None]
+    if with_maps:
+        gts = np.concatenate([p[3] for p in with_maps])
+        if gts.any():
+            rec["pixel"] = f1_optimal_threshold(np.concatenate([p[2] for p in with_maps]), gts).__dict__
+    with (run_dir / "thresholds.jsonl").open("a") as fh:
+        fh.write(json.dumps({"trained_upto": i, "trained_task": trained, "eval_task": "*", **rec}) + "\n")
+
+
 def load_thresholds(run_dir: Path) -> dict[int, dict[int, dict]]:
     """thresholds.jsonl as history[trained_upto][eval_task_name]; the last record of a cell wins."""
     history: dict[int, dict] = {}
@@ -136,7 +163,8 @@ def _finish_extras(run_dir: Path) -> list[Path]:
     from .visualize import example_grid
 
     history = load_thresholds(run_dir)
-    drift = {kind: threshold_drift(history, kind) for kind in ("image", "pixel")}
+    per_task = {i: {k: v for k, v in row.items() if k != "*"} for i, row in history.items()}
+    drift = {kind: threshold_drift(per_task, kind) for kind in ("image", "pixel")}
     atomic_write_text(run_dir / "thresholds_drift.json", json.dumps(drift, indent=2))
     if (run_dir / "examples").is_dir():
         return [example_grid(run_dir)]
@@ -178,11 +206,14 @@ def run(
     extra_config: dict | None = None,
     wandb_group: str | None = None,
     checkpoint: bool = True,
+    save_model: bool = True,
 ) -> RunResult:
     """Train `strategy` on each task of `scenario` and evaluate every task after each one.
 
     Cells already present in the run directory (same settings) are not recomputed, so an
     interrupted run restarted with the same arguments continues where it stopped. With
+    `save_model`, the final strategy and its per-task thresholds go to ``RUN_DIR/model`` for
+    ``cl-iad predict`` (see :mod:`cl_iad.deploy`). With
     `checkpoint`, the strategy is saved after each task is fitted, and a restart loads the
     newest checkpoint instead of fitting earlier tasks again (see :mod:`cl_iad.checkpoint`).
     Each task is fitted under its own seed derived from ``strategy.seed``, so resumed and
@@ -214,6 +245,7 @@ def run(
     wb = WandbRun(wandb, run_dir, name, settings, group=wandb_group)
     t = len(scenario)
     bar = tqdm(total=t * t, desc=name, unit="cell", disable=not progress, leave=False)
+    pooled: list[tuple] = []  # final-row predictions (pixels subsampled) for the all-task threshold
     try:
         for i, task in enumerate(scenario):
             bar.set_postfix_str(f"train {task.name}")
@@ -236,6 +268,8 @@ def run(
                         values[ROUTING_METRIC] = (_routing_accuracy(pred, other.task_id) if j <= i
                                                   else float("nan"))
                     _record_extras(run_dir, i, j, task.name, other, pred, *truth[j])
+                    if i == t - 1:
+                        pooled.append(_pooled_sample(pred, *truth[j], other.test.has_pixel_gt))
                     store.append([(i, task.name, other.name, m, v) for m, v in values.items()])
                     row.update({f"{m}/{other.name}": v for m, v in values.items()})
                 bar.update(1)
@@ -254,7 +288,16 @@ def run(
             title = f"{m} | {strategy.model.name} {strategy.regime} ({aware})"
             plots.append(matrix_heatmap(R, m, run_dir / "plots" / f"matrix_{m}.png", title))
             plots.append(forgetting_curves(R, m, run_dir / "plots" / f"forgetting_{m}.png", title))
+        if pooled:
+            _record_global_threshold(run_dir, t - 1, names[-1], pooled)
         plots += _finish_extras(run_dir)
+        if save_model:
+            from .deploy import save_strategy
+
+            final = load_thresholds(run_dir).get(t - 1, {})
+            save_strategy(strategy, run_dir / "model", names,
+                          {k: {kind: v[kind] for kind in ("image", "pixel") if kind in v} for k, v in final.items()},
+                          image_size=scenario[0].test.image_size)
         wb.log_final(matrices, summary, plots)
         wandb_dir = wb.directory
     finally:

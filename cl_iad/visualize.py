@@ -42,6 +42,23 @@ def overlay(image: np.ndarray, anomaly_map: np.ndarray, vmin: float, vmax: float
     return (np.clip(out, 0, 1) * 255).round().astype(np.uint8)
 
 
+def panel(image: np.ndarray, overlay_rgb: np.ndarray, caption: str, min_size: int = 256) -> np.ndarray:
+    """The input image and its overlay side by side, enlarged to at least `min_size` pixels per
+    side, with a caption bar underneath (uint8 RGB)."""
+    from PIL import ImageDraw
+
+    h, w = overlay_rgb.shape[:2]
+    scale = max(1, int(np.ceil(min_size / min(h, w))))
+    size = (w * scale, h * scale)
+    left = Image.fromarray((np.clip(image, 0, 1) * 255).round().astype(np.uint8)).resize(size, Image.NEAREST)
+    right = Image.fromarray(overlay_rgb).resize(size, Image.NEAREST)
+    canvas = Image.new("RGB", (2 * size[0] + 8, size[1] + 28), "white")
+    canvas.paste(left, (0, 0))
+    canvas.paste(right, (size[0] + 8, 0))
+    ImageDraw.Draw(canvas).text((4, size[1] + 8), caption, fill=(0, 0, 0))
+    return np.asarray(canvas)
+
+
 def save_png(rgb: np.ndarray, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(rgb).save(path)

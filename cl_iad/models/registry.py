@@ -150,7 +150,9 @@ def build_model(name: str, preset: str | None = None, **kwargs: Any):
     args = {**preset_kwargs(info.name, preset), **{k: v for k, v in kwargs.items() if v is not None}}
     cls = info.load()
     try:
-        return cls(**args)
+        model = cls(**args)
     except TypeError as exc:  # an argument this model does not take, e.g. epochs for PatchCore
         raise ValueError(f"{info.name} does not accept these settings {sorted(args)}: {exc}. "
                          "See 'cl-iad models --presets' for its settings.") from exc
+    model.build_args_ = {"name": info.name, **args}  # how to rebuild it (saved models, cl_iad.deploy)
+    return model

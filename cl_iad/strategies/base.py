@@ -110,6 +110,12 @@ class Strategy:
         """Whether test images are routed to a task model (task-agnostic ``per_task``)."""
         return self.regime == "per_task" and self.eval_mode == "agnostic"
 
+    def build_args(self) -> dict:
+        """Constructor arguments (besides the model and cache) that rebuild this strategy."""
+        return {"regime": self.regime, "buffer_size": self.buffer_size, "buffer_policy": self.buffer_policy,
+                "batch_size": self.batch_size, "seed": self.seed, "eval_mode": self.eval_mode,
+                "router_metric": self.router_metric}
+
     def config(self) -> dict:
         return {"regime": self.regime, "buffer_size": self.buffer_size if self.regime == "replay" else None,
                 "buffer_policy": self.buffer_policy if self.regime == "replay" else None,

@@ -50,6 +50,9 @@ class GradientStrategy(Strategy):
         self.initial_state_: dict[str, torch.Tensor] | None = None
         self.losses_: dict[int, list[float]] = {}
 
+    def build_args(self) -> dict:
+        return {**super().build_args(), "ewc_lambda": self.ewc_lambda, "lwf_alpha": self.lwf_alpha}
+
     def config(self) -> dict:
         extra = {"ewc_lambda": self.ewc_lambda} if self.regime == "ewc" else {}
         if self.regime == "lwf":
