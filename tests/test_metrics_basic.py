@@ -18,18 +18,6 @@ def test_auroc_and_aupr_match_sklearn_with_ties(seed):
     assert M.image_aupr(s, y) == pytest.approx(average_precision_score(y, s), abs=1e-12)
 
 
-def test_pro_on_a_hand_computed_case():
-    # one image, two regions: a 2-pixel region fully above threshold and a 1-pixel region below
-    mask = np.zeros((1, 4, 4), dtype=int)
-    mask[0, 0, 0:2] = 1
-    mask[0, 3, 3] = 1
-    amap = np.zeros((1, 4, 4))
-    amap[0, 0, 0:2] = 1.0
-    # at threshold 1.0: FPR 0, PRO = mean(1, 0) = 0.5; at threshold 0: FPR 1, PRO 1
-    # curve (0,0)->(0,0.5)->(1,1): PRO(f) = 0.5 + 0.5 f; area to 0.3 = 0.15 + 0.0225
-    assert M.pro_score(amap, mask, 0.3) == pytest.approx((0.15 + 0.0225) / 0.3)
-
-
 def test_forgetting_on_a_hand_written_matrix():
     R = np.array([[0.9, 0.5, 0.4], [0.7, 0.8, 0.5], [0.6, 0.75, 0.95]])
     assert M.forgetting(R).tolist() == pytest.approx([0.3, 0.05])

@@ -138,14 +138,10 @@ class Strategy:
 
     def fit_task(self, task: Task, scenario: Scenario) -> Strategy:
         """Train on one task of `scenario` under this regime."""
+        self._begin_task(task)
         samples = self._training_samples(task, scenario)
         if samples is not None:
-            data = ImageSet(samples, task.train.image_size)
-            embeddings = self.cache.embeddings(self.model, data, self.batch_size)
-            self.model.fit(embeddings)
-            if self.router_ is not None:
-                self.router_.add_task(task.task_id, embeddings)
-            log.debug("task %d (%s): fitted %s on %d images", task.task_id, task.name, self.model.name, len(samples))
+            self._fit(ImageSet(samples, task.train.image_size), task)
         if self.buffer_ is not None:
             self.buffer_.update(task.train.samples)
         self.seen_.extend(task.train.samples)
@@ -153,6 +149,17 @@ class Strategy:
             self.task_states_[task.task_id] = self.model.get_state()
         self.trained_tasks_.append(task.task_id)
         return self
+
+    def _begin_task(self, task: Task) -> None:
+        """Hook before a task's data is chosen (gradient models build their module here)."""
+
+    def _fit(self, data: ImageSet, task: Task) -> None:
+        """Fit the model from scratch on `data` (frozen features), and teach the router the task."""
+        embeddings = self.cache.embeddings(self.model, data, self.batch_size)
+        self.model.fit(embeddings)
+        if self.router_ is not None:
+            self.router_.add_task(task.task_id, embeddings)
+        log.debug("task %d (%s): fitted %s on %d images", task.task_id, task.name, self.model.name, len(data))
 
     def state_dict(self) -> dict:
         """Everything fitting has learned, as nested dicts/lists of tensors and plain data.

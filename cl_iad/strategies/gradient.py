@@ -95,25 +95,18 @@ class GradientStrategy(Strategy):
             raise FloatingPointError(f"{model.name} training diverged on task {task_id} (loss {losses[-1]}); "
                                      "lower lr or check the inputs")
 
-    def fit_task(self, task: Task, scenario: Scenario) -> GradientStrategy:
-        """Continue training on one task of `scenario` under this regime."""
+    def _begin_task(self, task: Task) -> None:
         self.model.setup(task.train.image_size)
         if self.initial_state_ is None:
             self.initial_state_ = self.model.get_state()
-        samples = self._training_samples(task, scenario)
-        if samples is not None:
-            if self.regime == "per_task":
-                self.model.set_state(self.initial_state_)
-            self._train(ImageSet(samples, task.train.image_size), task.task_id)
-            log.info("task %d (%s): trained %s for %d epochs on %d images", task.task_id, task.name,
-                     self.model.name, self.model.epochs, len(samples))
-        if self.buffer_ is not None:
-            self.buffer_.update(task.train.samples)
-        self.seen_.extend(task.train.samples)
+
+    def _fit(self, data: ImageSet, task: Task) -> None:
+        """Continue training on `data` (per_task: restart from the initial weights)."""
         if self.regime == "per_task":
-            self.task_states_[task.task_id] = self.model.get_state()
-        self.trained_tasks_.append(task.task_id)
-        return self
+            self.model.set_state(self.initial_state_)
+        self._train(data, task.task_id)
+        log.info("task %d (%s): trained %s for %d epochs on %d images", task.task_id, task.name,
+                 self.model.name, self.model.epochs, len(data))
 
     @torch.no_grad()
     def predict(self, data: ImageSet, task_id: int | None = None) -> Predictions:
