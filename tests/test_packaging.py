@@ -61,3 +61,17 @@ def test_docs_site_builds_offline(tmp_path):
     for page in pages:
         assert (tmp_path / "site" / page.replace(".md", "") / "index.html").exists() or page == "index.md"
     assert (tmp_path / "site" / "index.html").is_file()
+
+
+def test_no_merge_conflict_markers_are_committed():
+    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=False).stdout
+    if not tracked:
+        pytest.skip("not a git checkout")
+    bad = []
+    for name in tracked.splitlines():
+        path = ROOT / name
+        if path.suffix in {".py", ".md", ".yml", ".yaml", ".toml", ".cfg", ".txt"} or path.name in {"Makefile", "Dockerfile"}:
+            for no, line in enumerate(path.read_text(errors="ignore").splitlines(), 1):
+                if line.startswith(("<<<<<<< ", ">>>>>>> ")) or line == "=======":
+                    bad.append(f"{name}:{no}")
+    assert not bad, f"conflict markers left in {bad}"
