@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--model", default="patchcore", help="model name (see 'cl-iad models')")
     r.add_argument("--strategy", default="naive",
                    help="regime, or comma-separated regimes run one after another: "
-                        "naive,replay,cumulative,joint,per_task")
+                        "naive,replay,cumulative,joint,per_task (gradient-trained models also ewc,lwf)")
     r.add_argument("--backbone", help="efficientnet_lite0 (default, weights built in) | resnet18 | resnet50 | "
                                       "wide_resnet50_2 (these need --weights)")
     r.add_argument("--preset", help="named settings: 'light' (small, CPU) or 'benchmark' (the MVTec AD table)")
