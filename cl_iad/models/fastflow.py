@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-import torch
 from torch import nn
 
 from .offline import load_backbone, no_downloads
@@ -53,9 +52,6 @@ class FastFlow(GradientModel):
             for c, s in zip(channels, scales, strict=True))
         self._loss = FastflowLoss()
         return module
-
-    def make_optimizers(self):
-        return [torch.optim.Adam(self.trainable_parameters(), lr=self.lr, weight_decay=self.hp["weight_decay"])]
 
     def training_loss(self, images):
         hidden, jacobians = self.module(self.normalise(images))

@@ -138,7 +138,9 @@ class GradientModel:
         return self.trainable_parameters()
 
     def make_optimizers(self) -> list[torch.optim.Optimizer]:
-        return [torch.optim.Adam(self.trainable_parameters(), lr=self.lr)]
+        """Adam over the trainable parameters, with the model's `weight_decay` when it has one."""
+        return [torch.optim.Adam(self.trainable_parameters(), lr=self.lr,
+                                 weight_decay=self.hp.get("weight_decay", 0.0))]
 
     def train_mode(self, module: nn.Module | None = None) -> None:
         """Training mode, with frozen batch-norm layers (pretrained backbones) kept in eval."""

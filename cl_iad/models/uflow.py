@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-import torch
-
 from .offline import load_backbone, no_downloads
 from .trainable import GradientModel, freeze
 
@@ -51,9 +49,6 @@ class UFlow(GradientModel):
             uflow_torch.get_feature_extractor = original
         self._loss = UFlowLoss()
         return module
-
-    def make_optimizers(self):
-        return [torch.optim.Adam(self.trainable_parameters(), lr=self.lr, weight_decay=self.hp["weight_decay"])]
 
     def training_loss(self, images):
         z, ljd = self.module(self.normalise(images))
