@@ -2,6 +2,6 @@
 
 from .base import GRADIENT_REGIMES, REGIMES, FeatureCache, Predictions, Strategy
 from .buffers import ReplayBuffer
-from .models import MODELS, build_model
+from .models import build_model
 
-__all__ = ["GRADIENT_REGIMES", "MODELS", "REGIMES", "FeatureCache", "Predictions", "ReplayBuffer", "Strategy", "build_model"]
+__all__ = ["GRADIENT_REGIMES", "REGIMES", "FeatureCache", "Predictions", "ReplayBuffer", "Strategy", "build_model"]

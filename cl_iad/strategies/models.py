@@ -253,9 +253,6 @@ class Padim(FrozenFeatureModel):
         self.fitted_ = True
 
 
-MODELS: dict[str, type[FrozenFeatureModel]] = {"patchcore": PatchCore, "padim": Padim}
-
-
 def build_model(name: str, preset: str | None = None, **kwargs):
     """Construct any registered model by name (see :mod:`cl_iad.models.registry`)."""
     from ..models.registry import build_model as build
