@@ -18,8 +18,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 from ..backbones import DEFAULT_BACKBONE, backbone_spec, load_into, resolve_state_dict, weights_tag
+from .blur import separable_blur
 from .coreset import greedy_coreset_indices
 from .knn import nearest_neighbors
 
@@ -178,7 +180,10 @@ class PatchCore(FrozenFeatureModel):
         patch_scores, locations = nearest_neighbors(flat, m.memory_bank, 1)  # bounded memory, any bank size
         patch_scores = patch_scores.reshape(b, -1)
         pred = m.compute_anomaly_score(patch_scores, locations.reshape(b, -1), flat)
-        amap = m.anomaly_map_generator(patch_scores.reshape(b, 1, h, w), image_size)
+        # anomalib's compute_anomaly_map (nearest upsampling, then its Gaussian), with the blur
+        # done as two 1-D passes: same map, 16x fewer operations (see strategies/blur.py)
+        up = F.interpolate(patch_scores.reshape(b, 1, h, w), size=tuple(image_size))
+        amap = separable_blur(m.anomaly_map_generator.blur, up)
         return pred, amap.reshape(b, *image_size)
 
     def get_state(self):
