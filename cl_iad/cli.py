@@ -118,6 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     wr.add_argument("--project", default="cl_iad")
     wr.add_argument("--entity", default="")
     wr.add_argument("--online", action="store_true", help="publish now (needs WANDB_API_KEY)")
+    p.subcommands = {"run": r, "models": m, "sweep": sw, "predict": pr, "show": sh, "report": rp,
+                     "wandb-report": wr}
     return p
 
 
@@ -195,16 +197,19 @@ def _apply_config(args) -> dict:
         unknown = sorted(set(cfg) - set(_RUN_KEYS))
         if unknown:
             raise SystemExit(f"error: {args.config}: unknown keys {unknown}; allowed: model, {', '.join(_RUN_KEYS)}")
-        defaults = build_parser().parse_args(["run"])
+        given = getattr(args, "given_", None)
+        if given is None:  # args not from main(): fall back to "differs from the default"
+            defaults = build_parser().parse_args(["run"])
+            given = {k for k, v in vars(args).items() if getattr(defaults, k, None) != v}
         for key, value in cfg.items():
-            if getattr(args, key) == getattr(defaults, key):  # not given on the command line
+            if key not in given:  # an option typed on the command line always wins
                 if isinstance(value, list):
                     value = ",".join(map(str, value))
                 setattr(args, key, Path(value) if key in ("root", "out") else value)
-        if args.model == defaults.model and "name" in model:
+        if "model" not in given and "name" in model:
             args.model = model["name"]
-        if args.preset is None:
-            args.preset = model.get("preset")
+        if "preset" not in given and "preset" in model:
+            args.preset = model["preset"]
         params.update(model.get("params", {}) or {})
     params.update(_parse_params(args.param))
     params.update({k: v for k, v in (("backbone", args.backbone), ("weights", args.weights), ("epochs", args.epochs))
@@ -298,8 +303,24 @@ def cmd_wandb_report(args) -> int:
     return 0
 
 
+def given_options(argv: list[str]) -> set[str]:
+    """Destinations of the options typed in `argv` (not those left at their defaults).
+
+    Needed because a typed value can equal the default (``--seed 0``) and must still beat a
+    --config file.
+    """
+    parser = build_parser()
+    run = parser.subcommands["run"]  # the one command with a --config file to merge
+    # a sentinel object, not argparse.SUPPRESS: argparse runs string defaults through `type`
+    unset = object()
+    run.set_defaults(**{k: unset for k, v in vars(run.parse_args([])).items() if not isinstance(v, list)})
+    return {k for k, v in vars(parser.parse_known_args(argv)[0]).items() if v is not unset}
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    args.given_ = given_options(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("anomalib", "timm", "lightning", "urllib3", "wandb", "PIL", "matplotlib"):

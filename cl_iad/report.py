@@ -9,7 +9,7 @@ from __future__ import annotations
 import html
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +19,11 @@ log = logging.getLogger(__name__)
 
 TABLE_METRICS = ("image_auroc", "pixel_auroc", "pro")
 SUMMARY_KEYS = ("acc", "bwt", "fm")
+# Settings that change from one task order of a method to the next; rows average over these.
+# `root` is where the data lives (a synthetic stream is generated per run), `metrics` which
+# columns were asked for: neither changes what a cell means.
+ORDER_KEYS = ("order", "tasks", "root", "metrics")
+LABEL_HEAD = ("model", "preset", "regime")  # always shown at the start of a row label
 
 
 @dataclass
@@ -32,6 +37,7 @@ class RunRecord:
     task_aware: bool
     matrices: dict[str, pd.DataFrame]
     summary: dict
+    settings: dict = field(default_factory=dict)
 
 
 def find_runs(root: Path | str) -> list[RunRecord]:
@@ -49,13 +55,35 @@ def find_runs(root: Path | str) -> list[RunRecord]:
         summary = json.loads(summary_path.read_text())
         matrices = {m: pd.read_csv(d / f"matrix_{m}.csv", index_col=0) for m in summary
                     if (d / f"matrix_{m}.csv").is_file()}
-        preset = settings.get("preset")
-        method = f"{settings['model']}{'_' + preset if preset else ''} + {settings['regime']}"
-        runs.append(RunRecord(d, method, str(settings.get("order", "?")), settings.get("dataset", "?"),
-                              bool(settings.get("task_aware", False)), matrices, summary))
+        runs.append(RunRecord(d, "", str(settings.get("order", "?")), settings.get("dataset", "?"),
+                              bool(settings.get("task_aware", False)), matrices, summary, settings))
     if not runs:
         raise FileNotFoundError(f"report: no finished run (summary.json) below {root}")
+    for r, label in zip(runs, method_labels([r.settings for r in runs]), strict=True):
+        r.method = label
     return runs
+
+
+def _value(v: object) -> str:
+    return v if isinstance(v, str) else json.dumps(v, sort_keys=True, default=str)
+
+
+def method_labels(settings: list[dict]) -> list[str]:
+    """One row label per run: runs share a label only if every setting but the task order agrees.
+
+    The label is ``model[_preset] + regime``, followed by each setting that differs between runs
+    of that model, preset and regime (dataset, backbone, image size, model parameters, ...), so
+    light and benchmark runs, or MVTec and VisA runs, are never averaged into one row.
+    """
+    heads = [f"{s.get('model', '?')}{'_' + s['preset'] if s.get('preset') else ''} + {s.get('regime', '?')}"
+             for s in settings]
+    labels = []
+    for head, s in zip(heads, settings, strict=True):
+        group = [o for h, o in zip(heads, settings, strict=True) if h == head]
+        keys = sorted({k for o in group for k in o} - set(ORDER_KEYS) - set(LABEL_HEAD))
+        tail = ", ".join(f"{k}={_value(s.get(k))}" for k in keys if len({_value(o.get(k)) for o in group}) > 1)
+        labels.append(f"{head} [{tail}]" if tail else head)
+    return labels
 
 
 def _fmt(values: list[float]) -> str:

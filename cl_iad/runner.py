@@ -233,7 +233,8 @@ def run(
     name = name or run_name(scenario, strategy)
     run_dir = Path(out_dir) / name
     settings = {"dataset": scenario.dataset, "root": str(scenario.root), "tasks": scenario.names,
-                **scenario.info, **strategy.config(), "metrics": list(metrics), **(extra_config or {})}
+                **scenario.info, **strategy.config(), "preset": getattr(strategy.model, "preset_", None),
+                "metrics": list(metrics), **(extra_config or {})}
     _prepare_run_dir(run_dir, {"name": name, "settings": settings, "versions": package_versions()}, overwrite)
     store = ResultStore(run_dir)
     done = {(r.trained_upto, r.eval_task, r.metric) for r in store.cells().itertuples(index=False)}

@@ -61,3 +61,60 @@ def test_config_with_an_unknown_key_is_refused(tmp_path):
     cfg.write_text("model: {name: padim}\nepochz: 3\n")
     with pytest.raises(SystemExit, match="epochz"):
         main(["run", "--config", str(cfg)])
+
+
+# (option, value in the YAML, value typed on the command line). The typed values are the parser's
+# defaults wherever one exists: a typed default must still beat the file.
+_PRECEDENCE = [
+    ("dataset", "mvtec", "synthetic"), ("root", "/yaml/root", "/cli/root"), ("categories", ["a", "b"], "c"),
+    ("n_tasks", 9, "5"), ("order", "reverse", "alphabetical"), ("strategy", "replay", "naive"),
+    ("image_size", 256, "64"), ("buffer_size", 7, "20"), ("buffer_policy", "task_balanced", "reservoir"),
+    ("metrics", ["pro"], "image_auroc"), ("seed", 3, "0"), ("out", "/yaml/out", "results"),
+    ("name", "yaml-name", "cli-name"), ("wandb", "online", "offline"), ("device", "cuda", "cpu"),
+]
+
+
+@pytest.mark.parametrize("key,in_yaml,typed", _PRECEDENCE, ids=[p[0] for p in _PRECEDENCE])
+def test_an_option_typed_on_the_command_line_beats_the_config_file(tmp_path, key, in_yaml, typed):
+    from cl_iad.cli import _apply_config, build_parser, given_options
+
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump({key: in_yaml, "model": {"name": "stfpm"}}))
+    argv = ["run", "--config", str(cfg), f"--{key.replace('_', '-')}", typed]
+    args = build_parser().parse_args(argv)
+    args.given_ = given_options(argv)
+    _apply_config(args)
+    expected = build_parser().parse_args(["run", f"--{key.replace('_', '-')}", typed])
+    assert getattr(args, key) == getattr(expected, key)
+    # and the file's value is used when the option is not typed
+    argv = ["run", "--config", str(cfg)]
+    args = build_parser().parse_args(argv)
+    args.given_ = given_options(argv)
+    _apply_config(args)
+    value = ",".join(map(str, in_yaml)) if isinstance(in_yaml, list) else in_yaml
+    assert str(getattr(args, key)) == str(value)
+
+
+@pytest.mark.parametrize("option,typed,attr", [("--model", "patchcore", "model"), ("--preset", "benchmark", "preset")])
+def test_model_and_preset_typed_beat_the_config_model_section(tmp_path, option, typed, attr):
+    from cl_iad.cli import _apply_config, build_parser, given_options
+
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump({"model": {"name": "padim", "preset": "light", "params": {"n_features": 4}}}))
+    argv = ["run", "--config", str(cfg), option, typed]
+    args = build_parser().parse_args(argv)
+    args.given_ = given_options(argv)
+    params = _apply_config(args)
+    assert getattr(args, attr) == typed
+    assert params["n_features"] == 4  # the rest of the file still applies
+
+
+def test_seed_typed_as_its_default_reaches_the_model(tmp_path):
+    from cl_iad.cli import _apply_config, build_parser, given_options
+
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text("seed: 5\nmodel: {name: padim}\n")
+    argv = ["run", "--config", str(cfg), "--seed", "0"]
+    args = build_parser().parse_args(argv)
+    args.given_ = given_options(argv)
+    assert _apply_config(args)["seed"] == 0 and args.seed == 0

@@ -155,4 +155,5 @@ def build_model(name: str, preset: str | None = None, **kwargs: Any):
         raise ValueError(f"{info.name} does not accept these settings {sorted(args)}: {exc}. "
                          "See 'cl-iad models --presets' for its settings.") from exc
     model.build_args_ = {"name": info.name, **args}  # how to rebuild it (saved models, cl_iad.deploy)
+    model.preset_ = preset  # recorded in config.json so reports never average two presets together
     return model
