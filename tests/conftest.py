@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import random
+import socket
 import warnings
 
+import numpy as np
 import pytest
 import torch
 
@@ -34,3 +38,45 @@ def shared_cache():
     from cl_iad.strategies import FeatureCache
 
     return FeatureCache()
+
+
+def _is_loopback(address: object) -> bool:
+    """True for AF_UNIX paths and 127.0.0.0/8 or ::1 (Ray and W&B talk to local services)."""
+    if not isinstance(address, tuple):
+        return True  # a Unix socket path
+    host = address[0]
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: resolving it would already be a network access
+
+
+@pytest.fixture(autouse=True)
+def no_network(monkeypatch):
+    """Refuse every connection that leaves the machine: weights and data must come from disk."""
+    real_connect, real_connect_ex = socket.socket.connect, socket.socket.connect_ex
+
+    def guard(real):
+        def connect(sock, address, *args):
+            if not _is_loopback(address):
+                raise AssertionError(f"network access attempted: {address!r}; tests must run offline")
+            return real(sock, address, *args)
+        return connect
+
+    monkeypatch.setattr(socket.socket, "connect", guard(real_connect))
+    monkeypatch.setattr(socket.socket, "connect_ex", guard(real_connect_ex))
+
+
+@pytest.fixture(autouse=True)
+def fixed_random_state():
+    """Every test starts from the same seed, and whatever it draws does not leak into the next test."""
+    states = (random.getstate(), np.random.get_state(), torch.random.get_rng_state())
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)
+    yield
+    random.setstate(states[0])
+    np.random.set_state(states[1])
+    torch.random.set_rng_state(states[2])
