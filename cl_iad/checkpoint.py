@@ -8,10 +8,15 @@ fitted again.
 
 A checkpoint holds :meth:`Strategy.state_dict` (the model's ``get_state()``, replay buffer,
 per-task states, seen samples, trained tasks) as nested dicts, lists, strings, numbers and
-tensors, which ``torch.load(weights_only=True)`` reads without unpickling code. Any model
-whose ``get_state``/``set_state`` speak dicts of tensors is covered, gradient-trained ones
-included. Files are written to a temporary name, fsynced and renamed: a kill leaves either
+tensors. Saving refuses anything else (:func:`plain_state`), and loading always uses
+``torch.load(weights_only=True)``: results folders are shared, and reading one must never run
+code, so a file that holds pickled objects is refused with :class:`~cl_iad.errors.CheckpointError`.
+Any model whose ``get_state``/``set_state`` speak dicts of tensors is covered, gradient-trained
+ones included. Files are written to a temporary name, fsynced and renamed: a kill leaves either
 the old or the new checkpoint, never half of one.
+
+A checkpoint written with other settings (model, order, seed, ...) carries another settings
+digest; :meth:`Checkpointer.resume` ignores it with a warning and fits from the start.
 
 :func:`seeded` gives every task its own random state, derived from the run seed and the task
 index, so training task k draws the same random numbers whether the process started at task 0
@@ -24,17 +29,19 @@ import hashlib
 import json
 import logging
 import os
+import pickle
 import random
 import re
 import zlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
+from .errors import CheckpointError
 from .scenarios.base import Sample
 
 if TYPE_CHECKING:
@@ -99,8 +106,79 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+_SCALARS = (str, int, float, bool, type(None))
+
+
+def plain_state(obj: Any, where: str = "state") -> Any:
+    """`obj` as data ``torch.load(weights_only=True)`` reads back: tensors, str, numbers, bool, None
+    in dicts, lists and tuples. numpy scalars become Python numbers (they compare equal, so a
+    loaded ``model_config`` still matches the model's).
+
+    Anything else raises ``TypeError`` naming where it sits, so a model that stores an arbitrary
+    object fails when it saves, not later in a resumed run or in someone else's ``predict``.
+    """
+    if type(obj) in _SCALARS or isinstance(obj, (torch.Tensor, torch.dtype, torch.Size)):
+        return obj
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, dict):
+        return {_plain_key(k, where): plain_state(v, f"{where}[{k!r}]") for k, v in obj.items()}
+    if type(obj) in (list, tuple):
+        items = [plain_state(v, f"{where}[{i}]") for i, v in enumerate(obj)]
+        return items if type(obj) is list else tuple(items)
+    raise TypeError(f"{where} is a {type(obj).__module__}.{type(obj).__qualname__}; checkpoints hold only "
+                    "tensors, str, numbers, bool and None in dicts, lists and tuples (loading never unpickles "
+                    "objects). Store it as tensors or plain data in get_state()/state_dict()")
+
+
+def _plain_key(key: Any, where: str) -> Any:
+    if isinstance(key, np.generic):
+        return key.item()
+    if type(key) not in _SCALARS:
+        raise TypeError(f"{where} has a key of type {type(key).__name__}; use str or int keys in checkpoints")
+    return key
+
+
+def safe_torch_load(path: Path, what: str, fix: str) -> Any:
+    """``torch.load(weights_only=True)`` of `path`; any failure is a :class:`CheckpointError` that
+    names the file, says whether it is corrupt or holds objects, and gives `fix`."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(path, f"{what} is missing", fix) from None
+    except pickle.UnpicklingError as exc:  # torch's safe unpickler refused a global, or the bytes are garbage
+        refused = _REFUSED_GLOBAL.search(str(exc))
+        if refused:
+            problem = (f"{what} holds pickled objects, not only tensors and plain data (it asks for "
+                       f"{refused.group(1)}); it was not loaded, since unpickling it could run code")
+        else:
+            problem = f"{what} is corrupt or not a torch file ({_unpickling_detail(exc)})"
+        raise CheckpointError(path, problem, fix) from exc
+    except Exception as exc:  # truncated zip, garbage bytes, empty file: all are unreadable files
+        raise CheckpointError(path, f"{what} cannot be read: corrupt or truncated ({_first_line(exc)})",
+                              fix) from exc
+
+
+_REFUSED_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
+_BOILERPLATE = ("Weights only load failed", "Please file an issue", "Check the documentation", "(1)", "(2)")
+
+
+def _unpickling_detail(exc: BaseException) -> str:
+    """The line of torch's weights-only error that says what went wrong (it wraps it in advice)."""
+    lines = [line.strip().removeprefix("WeightsUnpickler error:").strip() for line in str(exc).splitlines()]
+    useful = [line for line in lines if line and not line.startswith(_BOILERPLATE)]
+    return _first_line(type(exc)(useful[0] if useful else ""))
+
+
+def _first_line(exc: BaseException, limit: int = 160) -> str:
+    text = (str(exc).strip().splitlines() or [""])[0]
+    text = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def atomic_torch_save(obj: object, path: Path) -> None:
-    """``torch.save`` to a temporary file, fsync, then rename over `path`."""
+    """``torch.save`` of :func:`plain_state` (`obj`) to a temporary file, fsync, then rename over `path`."""
+    obj = plain_state(obj, path.name)
     tmp = path.with_name(path.name + ".tmp")
     with tmp.open("wb") as fh:
         torch.save(obj, fh)
@@ -120,6 +198,7 @@ class Checkpointer:
         self.directory = Path(run_dir) / "checkpoints"
         self.task_names = list(task_names)
         self.digest = settings_digest(settings)
+        self.settings = json.loads(json.dumps(settings, sort_keys=True, default=str))
         self.keep = max(1, keep)
 
     def path(self, task_index: int) -> Path:
@@ -136,24 +215,23 @@ class Checkpointer:
         """Checkpoint `strategy` right after it was fitted on task `task_index`."""
         self.directory.mkdir(parents=True, exist_ok=True)
         payload = {"format": FORMAT, "settings_digest": self.digest, "task_index": task_index,
-                   "task_names": self.task_names, "strategy": strategy.state_dict()}
+                   "task_names": self.task_names, "settings": json.dumps(self.settings, sort_keys=True),
+                   "strategy": strategy.state_dict()}
         path = self.path(task_index)
         atomic_torch_save(payload, path)
-        for _, old in self.existing()[:-self.keep]:
+        # checkpoints of later tasks are left over from another run in this folder: this run has
+        # replaced that future, and keeping them would make the cleanup below delete the new one
+        older = [p for i, p in self.existing() if i <= task_index]
+        stale = [p for i, p in self.existing() if i > task_index]
+        for old in older[:-self.keep] + stale:
             old.unlink(missing_ok=True)
         log.debug("checkpoint %s written", path)
         return path
 
     def load(self, path: Path) -> dict:
-        """Read a checkpoint; tensors and plain data only unless the model stored other objects."""
-        try:
-            return torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # any unreadable file gets the same advice
-            if "weights_only" not in str(exc):
-                raise RuntimeError(f"checkpoint {path} cannot be read ({exc}); delete it (or the folder "
-                                   f"{self.directory}) to re-fit the tasks it covered") from exc
-            log.warning("checkpoint %s holds non-tensor objects; loading it with full unpickling", path)
-            return torch.load(path, map_location="cpu", weights_only=False)
+        """Read a checkpoint with ``weights_only=True``; an unreadable one raises :class:`CheckpointError`."""
+        return safe_torch_load(path, "checkpoint",
+                               f"delete it (or the folder {self.directory}) to fit the tasks it covered again")
 
     def resume(self, strategy: Strategy, complete_rows: set[int]) -> int:
         """Load the newest usable checkpoint into `strategy`; return its task index, or -1 if none.
@@ -166,10 +244,30 @@ class Checkpointer:
                 log.warning("checkpoint %s skipped: rows before task %d are incomplete", path.name, index)
                 continue
             payload = self.load(path)
-            if payload.get("settings_digest") != self.digest or payload.get("task_names") != self.task_names:
-                log.warning("checkpoint %s is from other settings or tasks; ignoring it", path)
+            differs = self._differences(payload)
+            if differs:
+                log.warning("checkpoint %s was written with other settings (%s); ignoring it: the tasks it "
+                            "covers are fitted again", path, differs)
                 continue
             strategy.load_state_dict(payload["strategy"])
             log.info("resumed from %s: tasks 0..%d are not fitted again", path, index)
             return index
         return -1
+
+    def _differences(self, payload: object) -> str:
+        """What differs between `payload`'s settings and this run's ('' when it is usable)."""
+        if not isinstance(payload, dict) or payload.get("format") != FORMAT or "strategy" not in payload:
+            return "not a cl_iad checkpoint of this format"
+        if payload.get("task_names") != self.task_names:
+            return f"tasks {payload.get('task_names')} instead of {self.task_names}"
+        if payload.get("settings_digest") == self.digest:
+            return ""
+        digests = f"settings digest {payload.get('settings_digest')} instead of {self.digest}"
+        try:
+            theirs = json.loads(payload.get("settings", ""))
+        except (TypeError, ValueError):
+            return digests
+        if not isinstance(theirs, dict):
+            return digests
+        keys = sorted(k for k in set(theirs) | set(self.settings) if theirs.get(k) != self.settings.get(k))
+        return ", ".join(f"{k}: {theirs.get(k)!r} instead of {self.settings.get(k)!r}" for k in keys[:6]) or digests

@@ -6,6 +6,7 @@ import argparse
 import logging
 import sys
 import time
+import traceback
 import warnings
 from pathlib import Path
 
@@ -326,18 +327,55 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("anomalib", "timm", "lightning", "urllib3", "wandb", "PIL", "matplotlib"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     _quiet_third_party()
-    from .backbones import WeightsError
-    from .runner import RunConfigMismatch
-    from .scenarios.base import DatasetLayoutError
-
+    commands = {"run": cmd_run, "models": cmd_models, "sweep": cmd_sweep, "report": cmd_report, "show": cmd_show,
+                "predict": cmd_predict, "wandb-report": cmd_wandb_report}
     try:
-        commands = {"run": cmd_run, "models": cmd_models, "sweep": cmd_sweep, "report": cmd_report, "show": cmd_show,
-                    "predict": cmd_predict,
-                    "wandb-report": cmd_wandb_report}
+        if getattr(args, "wandb", None):
+            from .wandb_log import require_wandb_login
+
+            require_wandb_login(args.wandb)  # before any data is read or task fitted
         return commands[args.command](args)
-    except (DatasetLayoutError, WeightsError, RunConfigMismatch, ValueError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except KeyboardInterrupt:
+        resume = "; the same command resumes where it stopped" if args.command == "run" else ""
+        print(f"interrupted{resume}", file=sys.stderr)
+        return 130
+    except SystemExit as exc:
+        if not isinstance(exc.code, str):  # argparse and sys.exit(n) keep their status
+            raise
+        return _user_error(exc.code.removeprefix("error: "), exc, args.verbose)
+    except Exception as exc:  # noqa: BLE001 - the one place that turns any failure into one line
+        return _failure(exc, args.verbose)
+
+
+# Failures a user causes and fixes get "error: <cause and fix>" and status 2. ValueError and
+# FileNotFoundError count as such: the library raises them for bad arguments and paths in modules
+# that predate UserError. Anything else is a bug (status 1): one line that says so and how to see
+# the traceback, since a traceback helps whoever fixes the bug but buries the message for a user.
+def _failure(exc: Exception, verbose: bool) -> int:
+    """Report `exc` on stderr in one line (a traceback too with -v); return the exit status."""
+    from .backbones import WeightsError
+    from .errors import UserError
+
+    if isinstance(exc, (UserError, WeightsError, ValueError, FileNotFoundError)):
+        return _user_error(str(exc), exc, verbose)
+    if verbose:
+        traceback.print_exception(exc, file=sys.stderr)
+    how = "report it with the traceback above" if verbose else "rerun with -v for the traceback and report it"
+    print(f"internal error: {type(exc).__name__}: {_one_line(str(exc))} (a bug in cl_iad or a library it uses; "
+          f"{how})", file=sys.stderr)
+    return 1
+
+
+def _user_error(message: str, exc: BaseException, verbose: bool) -> int:
+    if verbose:
+        traceback.print_exception(exc, file=sys.stderr)
+    print(f"error: {message.strip() or type(exc).__name__}", file=sys.stderr)
+    return 2
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 if __name__ == "__main__":

@@ -6,7 +6,8 @@ A saved model directory holds:
   arguments, regime, buffer and evaluation settings), the task names, and the per-task
   decision thresholds of the last training step (plus one fitted on all tasks pooled);
 * ``state.pt``: :meth:`Strategy.state_dict` (model state, replay buffer, per-task states,
-  router), readable with ``torch.load(weights_only=True)``.
+  router) as tensors and plain data; it is only ever read with ``torch.load(weights_only=True)``,
+  so loading a model someone shared cannot run code.
 
 Loading rebuilds the backbone from the same weights resolver, so a model trained with
 ``--weights FILE`` needs that file at the same path when it is loaded.
@@ -22,8 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
+from .errors import UserError
 from .results import atomic_write_text
 from .scenarios.base import ImageSet, Sample
 from .scenarios.datasets import IMAGE_SUFFIXES
@@ -70,22 +71,51 @@ class LoadedModel:
 
 def load_strategy(directory: Path | str) -> LoadedModel:
     """Rebuild the strategy saved in `directory` and load its state."""
+    from .checkpoint import safe_torch_load
     from .strategies import Strategy, build_model
 
     directory = Path(directory)
-    meta_path = directory / "strategy.json"
-    if not meta_path.is_file():
-        raise FileNotFoundError(f"{directory} is not a saved model: {meta_path} is missing. Pass the 'model' folder "
-                                "of a finished run (RUN_DIR/model) or one written by save_strategy()")
-    meta = json.loads(meta_path.read_text())
-    if meta.get("format") != FORMAT:
-        raise ValueError(f"{meta_path} has format {meta.get('format')}, this cl_iad reads format {FORMAT}")
+    meta = _read_meta(directory)
     build = dict(meta["model"])
     model = build_model(build.pop("name"), **build)
     strategy = Strategy(model, **meta["strategy"])
-    state = torch.load(directory / "state.pt", map_location="cpu", weights_only=True)
+    state = safe_torch_load(directory / "state.pt", "saved model state",
+                            f"copy the whole model folder again, or re-run the training that wrote {directory}")
     strategy.load_state_dict(state)
     return LoadedModel(strategy, meta["task_names"], meta.get("thresholds", {}), int(meta["image_size"]))
+
+
+def _read_meta(directory: Path) -> dict:
+    """strategy.json of a saved model, checked; a missing or broken one is a :class:`UserError`."""
+    meta_path = directory / "strategy.json"
+    if not meta_path.is_file():
+        raise UserError(f"{directory} is not a saved model: {meta_path} is missing. Pass the 'model' folder "
+                        "of a finished run (RUN_DIR/model) or one written by save_strategy()")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserError(f"{meta_path} cannot be read ({exc}); copy the model folder again or re-run the "
+                        "training that wrote it") from exc
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        found = meta.get("format") if isinstance(meta, dict) else None
+        raise UserError(f"{meta_path} has format {found}, this cl_iad reads format {FORMAT}; save the model "
+                        "again with this version (re-run the training)")
+    missing = [k for k in ("model", "strategy", "task_names", "image_size") if k not in meta]
+    if missing:
+        raise UserError(f"{meta_path} lacks {missing}; it was not written by save_strategy(); re-run the training")
+    return meta
+
+
+def _threshold(thresholds: dict, task: str, kind: str) -> float | None:
+    """The `kind` ("image" or "pixel") threshold of `task`, else the one fitted on all tasks pooled.
+
+    A task whose test set had no anomalous image has no threshold of its own (no F1 to maximise).
+    """
+    for key in (task, "*"):
+        value = (thresholds.get(key) or {}).get(kind, {}).get("value")
+        if value is not None:
+            return float(value)
+    return None
 
 
 def collect_inputs(spec: str | Path) -> list[Path]:
@@ -125,15 +155,14 @@ def predict_images(loaded: LoadedModel, inputs: list[Path], task: str | None, ou
     for k, path in enumerate(inputs):
         tid = task_id if task_id is not None else (int(routed[k]) if routed is not None else None)
         tname = loaded.task_names[tid] if tid is not None else "*"  # "*": thresholds fitted on all tasks pooled
-        th = loaded.thresholds.get(tname) or loaded.thresholds.get("*") or {}
-        img_th = th.get("image", {}).get("value")
+        img_th = _threshold(loaded.thresholds, tname, "image")
         score = float(pred.pred_score[k])
         decision = "anomalous" if img_th is not None and score >= img_th else ("normal" if img_th is not None else "")
         row = {"image": str(path), "task": tname, "score": score, "threshold": img_th, "decision": decision}
         if pred.anomaly_map is not None:
             amap = pred.anomaly_map[k]
             np.save(out / "maps" / f"{k:04d}_{path.stem}.npy", amap.astype(np.float32))
-            pix_th = th.get("pixel", {}).get("value")
+            pix_th = _threshold(loaded.thresholds, tname, "pixel")
             image = data[k]["image"].permute(1, 2, 0).numpy()
             lo, hi = float(amap.min()), float(max(amap.max(), pix_th or amap.max()))
             caption = (f"{path.name}  task {tname}  score {score:.3g}  threshold "

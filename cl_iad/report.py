@@ -58,7 +58,8 @@ def find_runs(root: Path | str) -> list[RunRecord]:
         runs.append(RunRecord(d, "", str(settings.get("order", "?")), settings.get("dataset", "?"),
                               bool(settings.get("task_aware", False)), matrices, summary, settings))
     if not runs:
-        raise FileNotFoundError(f"report: no finished run (summary.json) below {root}")
+        raise FileNotFoundError(f"report: no finished run (summary.json) below {root}; pass the --out folder of "
+                                "a finished run or sweep (runs still in progress have no summary.json yet)")
     for r, label in zip(runs, method_labels([r.settings for r in runs]), strict=True):
         r.method = label
     return runs

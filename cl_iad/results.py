@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +20,7 @@ import pandas as pd
 
 from . import metrics as M
 
+log = logging.getLogger(__name__)
 CELL_COLUMNS = ("trained_upto", "trained_task", "eval_task", "metric", "value")
 METRICS = ("image_auroc", "pixel_auroc", "pro", "image_aupr", "pixel_aupr")
 
@@ -107,10 +110,15 @@ def chance_baseline(metric: str, labels: np.ndarray, masks: np.ndarray) -> float
 
 def summarise(R: pd.DataFrame, task_aware: bool, definition: str = "chaudhry",
               baseline: float | Sequence[float] = 0.5) -> dict:
-    """ACC, BWT, FWT and forgetting of one matrix, as the summary.json entry for one metric."""
+    """ACC, BWT, FWT and forgetting of one matrix, as the summary.json entry for one metric.
+
+    ``skipped_tasks`` names the tasks whose every cell is NaN (the metric is undefined on them,
+    e.g. a test set without anomalous images); the measures are means over the other tasks.
+    """
     fm = M.forgetting(R, definition)
     names = list(R.columns)
     return {
+        "skipped_tasks": skipped_tasks(R),
         "acc": _num(M.average_accuracy(R)),
         "bwt": _num(M.backward_transfer(R)),
         "fwt": _num(M.forward_transfer(R, baseline=np.asarray(baseline, dtype=float))),
@@ -119,6 +127,11 @@ def summarise(R: pd.DataFrame, task_aware: bool, definition: str = "chaudhry",
         "forgetting_definition": definition,
         "task_aware": task_aware,
     }
+
+
+def skipped_tasks(R: pd.DataFrame) -> list[str]:
+    """Tasks (columns of `R`) with no finite cell: every measure of the matrix leaves them out."""
+    return [str(name) for name in R.columns if not np.isfinite(R[name].to_numpy(dtype=float)).any()]
 
 
 def _num(x: float) -> float | None:
@@ -130,15 +143,43 @@ def write_tables(run_dir: Path, cells: pd.DataFrame, task_names: Sequence[str], 
                  task_aware: bool, baselines: dict[str, Sequence[float]] | None = None) -> dict:
     """Write matrix_<metric>.csv and summary.json from the cells; return the summary.
 
-    `baselines` gives, per metric, the chance score of each task for FWT (default 0.5).
+    `baselines` gives, per metric, the chance score of each task for FWT (default 0.5). Tasks a
+    metric is undefined on are listed in ``skipped_tasks`` and named in one warning.
     """
     summary = {}
+    skipped: dict[str, list[str]] = {}
     for metric in metrics:
         R = matrix(cells, metric, task_names)
         R.to_csv(run_dir / f"matrix_{metric}.csv")
-        summary[metric] = summarise(R, task_aware, baseline=(baselines or {}).get(metric, 0.5))
+        with _quiet_if_only_skipped(R):
+            summary[metric] = summarise(R, task_aware, baseline=(baselines or {}).get(metric, 0.5))
+        if 0 < len(summary[metric]["skipped_tasks"]) < len(R.columns):
+            skipped[metric] = summary[metric]["skipped_tasks"]
+    for tasks in sorted({tuple(t) for t in skipped.values()}):
+        log.warning("summaries of %s leave out task(s) %s: the metric is undefined (NaN) in every cell of them; "
+                    "see 'skipped_tasks' in summary.json", ", ".join(m for m, t in skipped.items() if tuple(t) == tasks),
+                    ", ".join(tasks))
     atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2))
     return summary
+
+
+@contextmanager
+def _quiet_if_only_skipped(R: pd.DataFrame) -> Iterator[None]:
+    """Hush the per-measure "skipping NaN cells" warnings when every NaN cell of `R` lies in a skipped
+    task: the one warning of :func:`write_tables` says it, instead of one line per measure."""
+    values = R.drop(columns=skipped_tasks(R)).to_numpy(dtype=float)
+    if not skipped_tasks(R) or not np.isfinite(values).all():
+        yield
+        return
+    continual = logging.getLogger(M.continual.__name__)
+    def hush(record: logging.LogRecord) -> bool:
+        return False
+
+    continual.addFilter(hush)
+    try:
+        yield
+    finally:
+        continual.removeFilter(hush)
 
 
 def atomic_write_text(path: Path, text: str) -> None:

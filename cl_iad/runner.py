@@ -18,6 +18,7 @@ import pandas as pd
 
 from . import metrics as M
 from .checkpoint import Checkpointer, seeded
+from .errors import UserError
 from .results import METRICS, ResultStore, atomic_write_text, chance_baseline, matrix, write_tables
 from .scenarios.base import Scenario
 from .strategies.base import Predictions, Strategy
@@ -44,7 +45,7 @@ KEY_PACKAGES = ("cl_iad", "torch", "torchvision", "anomalib", "avalanche-lib", "
                 "pandas", "wandb")
 
 
-class RunConfigMismatch(RuntimeError):
+class RunConfigMismatch(UserError, RuntimeError):
     """An existing run directory holds results of different settings."""
 
 
@@ -76,24 +77,50 @@ def run_name(scenario: Scenario, strategy: Strategy) -> str:
 
 
 def evaluate(pred: Predictions, labels: np.ndarray, masks: np.ndarray, metrics: Sequence[str],
-             task_name: str, pixel_gt: bool = True) -> dict[str, float]:
+             task_name: str, pixel_gt: bool = True, logged: set[str] | None = None) -> dict[str, float]:
     """Every requested metric on one test set; undefined metrics become NaN with a logged reason.
 
     Without pixel ground truth (`pixel_gt` False: some anomalous image has no mask), pixel
-    metrics are NaN rather than scores against all-normal masks.
+    metrics are NaN rather than scores against all-normal masks. A reason already in `logged`
+    (the runner passes one set per run) is not logged again, so a task evaluated after every
+    training step warns once, not once per row. Without any anomalous image every metric is
+    undefined; :func:`warn_undefined_tasks` has said so, and the reasons go to the debug log.
     """
+    logged = set() if logged is None else logged
+    level = logging.WARNING if labels.any() else logging.DEBUG
     out = {}
     for metric in metrics:
         if metric in PIXEL_METRICS and not pixel_gt:
-            log.info("task %s: %s is NaN: the test set has anomalous images without masks", task_name, metric)
+            _log_once(logged, logging.INFO, f"task {task_name}: {metric} is NaN: the test set has anomalous "
+                                            "images without masks")
             out[metric] = float("nan")
             continue
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             out[metric] = METRIC_FUNCTIONS[metric](pred, labels, masks)
         for w in caught:
-            log.warning("task %s: %s", task_name, w.message)
+            _log_once(logged, level, f"task {task_name}: {w.message}")
     return out
+
+
+def _log_once(logged: set[str], level: int, message: str) -> None:
+    if message not in logged:
+        logged.add(message)
+        log.log(level, message)
+
+
+def warn_undefined_tasks(scenario: Scenario) -> list[str]:
+    """Warn, before training, about each task whose test set has no anomalous image; return their names.
+
+    Their ranking metrics are undefined: those cells are NaN, the summaries leave the task out
+    (``skipped_tasks`` in summary.json) and it gets no decision threshold of its own.
+    """
+    names = [task.name for task in scenario if not task.test.labels.any()]
+    for name in names:
+        log.warning("task %s: its test set has no anomalous image, so its AUROC, AUPR and PRO are undefined: "
+                    "its cells will be NaN, the summaries skip it and it gets no threshold of its own "
+                    "(add anomalous test images to measure it)", name)
+    return names
 
 
 def _record_extras(run_dir: Path, i: int, j: int, trained: str, other, pred: Predictions, labels: np.ndarray,
@@ -101,14 +128,14 @@ def _record_extras(run_dir: Path, i: int, j: int, trained: str, other, pred: Pre
     """Per-cell side products: the task's decision thresholds (for seen tasks) and a few example
     anomaly maps for `cl-iad show`. Written before the cell itself, so a cell in cells.csv always
     has its extras."""
-    from .thresholds import fit_task_thresholds
+    from .thresholds import fit_task_thresholds, json_safe
     from .visualize import save_examples
 
     if j <= i:
         has_map = pred.anomaly_map is not None and other.test.has_pixel_gt
         rec = fit_task_thresholds(pred.pred_score, labels, pred.anomaly_map if has_map else None,
                                   masks if has_map else None)
-        line = json.dumps({"trained_upto": i, "trained_task": trained, "eval_task": other.name, **rec})
+        line = json.dumps(json_safe({"trained_upto": i, "trained_task": trained, "eval_task": other.name, **rec}))
         with (run_dir / "thresholds.jsonl").open("a") as fh:
             fh.write(line + "\n")
     if pred.anomaly_map is not None:
@@ -133,7 +160,7 @@ def _pooled_sample(pred: Predictions, labels: np.ndarray, masks: np.ndarray, has
 def _record_global_threshold(run_dir: Path, i: int, trained: str, pooled: list[tuple]) -> None:
     """Thresholds fitted on all tasks' final predictions pooled (eval_task "*"), for images
     whose task is unknown at deployment."""
-    from .thresholds import f1_optimal_threshold, fit_task_thresholds
+    from .thresholds import f1_optimal_threshold, fit_task_thresholds, json_safe
 
     rec = fit_task_thresholds(np.concatenate([p[0] for p in pooled]), np.concatenate([p[1] for p in pooled]))
     with_maps = [p for p in pooled if p[2] is not None]
@@ -142,7 +169,7 @@ def _record_global_threshold(run_dir: Path, i: int, trained: str, pooled: list[t
         if gts.any():
             rec["pixel"] = f1_optimal_threshold(np.concatenate([p[2] for p in with_maps]), gts).__dict__
     with (run_dir / "thresholds.jsonl").open("a") as fh:
-        fh.write(json.dumps({"trained_upto": i, "trained_task": trained, "eval_task": "*", **rec}) + "\n")
+        fh.write(json.dumps(json_safe({"trained_upto": i, "trained_task": trained, "eval_task": "*", **rec})) + "\n")
 
 
 def load_thresholds(run_dir: Path) -> dict[int, dict[int, dict]]:
@@ -180,6 +207,10 @@ def _routing_accuracy(pred: Predictions, task_id: int) -> float:
 
 def _prepare_run_dir(run_dir: Path, config: dict, overwrite: bool) -> None:
     cfg_path = run_dir / "config.json"
+    if not cfg_path.exists() and (run_dir / "cells.csv").exists() and not overwrite:
+        # cells without the settings that produced them: reusing them could mix two runs
+        raise RunConfigMismatch(f"{run_dir} holds results (cells.csv) but no config.json, so their settings are "
+                                "unknown; choose another --out/--name, or pass --overwrite to replace them")
     if cfg_path.exists() and not overwrite:
         old = json.loads(cfg_path.read_text())
         if old.get("settings") != config["settings"]:
@@ -222,8 +253,9 @@ def run(
     from tqdm.auto import tqdm
 
     from .plots import forgetting_curves, matrix_heatmap
-    from .wandb_log import WandbRun
+    from .wandb_log import WandbRun, require_wandb_login
 
+    require_wandb_login(wandb)  # before any file is written or task fitted
     unknown = [m for m in metrics if m not in METRIC_FUNCTIONS]
     if unknown:
         raise ValueError(f"unknown metrics {unknown}; choose from {list(METRIC_FUNCTIONS)}")
@@ -242,6 +274,8 @@ def run(
     ckpt = Checkpointer(run_dir, names, settings) if checkpoint else None
     complete = {i for i in range(len(names)) if all((i, n, m) in done for n in names for m in metrics)}
     resumed = ckpt.resume(strategy, complete) if ckpt is not None else -1
+    warn_undefined_tasks(scenario)
+    logged: set[str] = set()  # undefined-metric reasons already logged, one line per task and reason
     truth: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     wb = WandbRun(wandb, run_dir, name, settings, group=wandb_group)
     t = len(scenario)
@@ -264,7 +298,7 @@ def run(
                     bar.set_postfix_str(f"eval {other.name}")
                     pred = strategy.predict(other.test, task_id=j if strategy.task_aware else None)
                     values = evaluate(pred, *truth[j], [m for m in todo if m != ROUTING_METRIC], other.name,
-                                      pixel_gt=other.test.has_pixel_gt)
+                                      pixel_gt=other.test.has_pixel_gt, logged=logged)
                     if ROUTING_METRIC in todo:
                         values[ROUTING_METRIC] = (_routing_accuracy(pred, other.task_id) if j <= i
                                                   else float("nan"))

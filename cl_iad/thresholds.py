@@ -7,9 +7,13 @@ image scores and for pixel maps, and report how thresholds drift across training
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+
+NO_POSITIVES = "the test set has no anomalous {what}, so no F1-optimal threshold exists"
 
 
 @dataclass(frozen=True)
@@ -45,10 +49,13 @@ def f1_optimal_threshold(scores, labels) -> Threshold:
 
 def fit_task_thresholds(pred_score, labels, anomaly_map=None, masks=None, held_out: float = 0.0,
                         seed: int = 0) -> dict:
-    """Image and pixel thresholds for one task.
+    """Image and pixel thresholds for one task, as JSON-ready data (NaN written as None).
 
     With ``held_out`` in (0, 1), thresholds are fitted on that fraction of the test images
     (stratified by label) and the F1 they reach on the remaining images is reported too.
+    Without an anomalous image (or pixel) there is nothing to fit: the "image" (or "pixel")
+    entry is left out and ``undefined`` says why, so deployment falls back to the threshold
+    fitted on all tasks pooled instead of using one that flags a normal image.
     """
     scores = np.asarray(pred_score, dtype=np.float64)
     labels = np.asarray(labels).astype(int)
@@ -65,16 +72,37 @@ def fit_task_thresholds(pred_score, labels, anomaly_map=None, masks=None, held_o
             fit.append(members[:n])
             ev.append(members[n:])
         idx_fit, idx_eval = np.sort(np.concatenate(fit)), np.sort(np.concatenate(ev))
-    out = {"image": f1_optimal_threshold(scores[idx_fit], labels[idx_fit]).__dict__, "held_out": held_out}
-    if idx_eval.size:
-        out["image"]["f1_eval"] = _f1_at(scores[idx_eval], labels[idx_eval], out["image"]["value"])
-    if anomaly_map is not None and masks is not None and np.asarray(masks).any():
+    out: dict[str, Any] = {"held_out": held_out}
+    if labels[idx_fit].any():
+        out["image"] = f1_optimal_threshold(scores[idx_fit], labels[idx_fit]).__dict__
+        if idx_eval.size:
+            out["image"]["f1_eval"] = _f1_at(scores[idx_eval], labels[idx_eval], out["image"]["value"])
+    else:
+        out["undefined"] = {"image": NO_POSITIVES.format(what="image")}
+    if anomaly_map is not None and masks is not None:
         maps = np.asarray(anomaly_map)
         gt = np.asarray(masks)
-        out["pixel"] = _pixel_threshold(maps[idx_fit], gt[idx_fit]).__dict__
-        if idx_eval.size:
-            out["pixel"]["f1_eval"] = _f1_at(maps[idx_eval], gt[idx_eval], out["pixel"]["value"])
-    return out
+        if gt[idx_fit].any():
+            out["pixel"] = _pixel_threshold(maps[idx_fit], gt[idx_fit]).__dict__
+            if idx_eval.size:
+                out["pixel"]["f1_eval"] = _f1_at(maps[idx_eval], gt[idx_eval], out["pixel"]["value"])
+        else:
+            out.setdefault("undefined", {})["pixel"] = NO_POSITIVES.format(what="pixel")
+    return json_safe(out)
+
+
+def json_safe(obj: Any) -> Any:
+    """`obj` with NaN and infinite floats replaced by None, since JSON has no NaN (``json.dumps``
+    would write the invalid token ``NaN``) and numpy scalars as Python numbers."""
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
 
 
 def _pixel_threshold(maps: np.ndarray, masks: np.ndarray, max_pixels: int = 2_000_000) -> Threshold:
@@ -98,15 +126,17 @@ def threshold_drift(history: dict[int, dict[int, dict]], kind: str = "image") ->
     """How the threshold of each task moves over training steps.
 
     `history[i][j]` is task j's threshold record after training task i. Returns per task the
-    values over steps, their range (max - min) and the relative range (range / first value).
+    values over steps, their range (max - min) and the relative range (range / first value);
+    steps without a threshold (no anomalous image) are left out, and undefined numbers are None.
     """
     tasks = sorted({j for row in history.values() for j in row})
     out = {}
     for j in tasks:
-        vals = [history[i][j][kind]["value"] for i in sorted(history) if j in history[i] and kind in history[i][j]]
+        vals = [history[i][j][kind]["value"] for i in sorted(history)
+                if j in history[i] and (history[i][j].get(kind) or {}).get("value") is not None]
         if not vals:
             continue
         rng = float(max(vals) - min(vals))
         out[j] = {"values": vals, "range": rng,
                   "relative_range": rng / abs(vals[0]) if vals[0] else float("nan")}
-    return out
+    return json_safe(out)

@@ -9,13 +9,51 @@ directly through its current public API: ``init``, ``define_metric``, ``log``, `
 from __future__ import annotations
 
 import logging
+import netrc
 import os
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pandas as pd
 
+from .errors import UserError, WandbLoginError
+
 log = logging.getLogger(__name__)
 MODES = ("off", "offline", "online")
+DEFAULT_HOST = "https://api.wandb.ai"
+
+
+def require_wandb_login(mode: str) -> None:
+    """For ``online``, raise :class:`WandbLoginError` unless a W&B key can be found, so a run
+    fails before training rather than after it. Looks where wandb does: ``WANDB_API_KEY``,
+    ``WANDB_IDENTITY_TOKEN_FILE``, and the netrc file ``wandb login`` writes ($NETRC or ~/.netrc)."""
+    if mode not in MODES:
+        raise UserError(f"--wandb must be one of {', '.join(MODES)}, not {mode!r}")
+    if mode != "online" or os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE"):
+        return
+    host = os.environ.get("WANDB_BASE_URL", DEFAULT_HOST)
+    if _netrc_has_key(host):
+        return
+    raise WandbLoginError(f"--wandb online needs a W&B API key and none was found for {host}: set WANDB_API_KEY, "
+                          "run 'wandb login', or use --wandb offline (and 'wandb sync' the run later)")
+
+
+def _netrc_path() -> Path:
+    if os.environ.get("NETRC"):
+        return Path(os.environ["NETRC"]).expanduser()
+    unix = Path("~/.netrc").expanduser()
+    windows = Path("~/_netrc").expanduser()
+    return windows if not unix.exists() and windows.exists() else unix
+
+
+def _netrc_has_key(host: str) -> bool:
+    """Whether the netrc file holds a password for `host` (as ``wandb login`` writes it)."""
+    netloc = urlsplit(host).netloc or host
+    try:
+        creds = netrc.netrc(str(_netrc_path())).authenticators(netloc)
+    except (OSError, netrc.NetrcParseError):
+        return False
+    return bool(creds and creds[2])
 
 
 class WandbRun:
@@ -23,15 +61,11 @@ class WandbRun:
 
     def __init__(self, mode: str, run_dir: Path, name: str, config: dict, project: str = "cl_iad",
                  group: str | None = None) -> None:
-        if mode not in MODES:
-            raise ValueError(f"--wandb must be one of {MODES}, got {mode!r}")
+        require_wandb_login(mode)
         self.mode = mode
         self.run = None
         if mode == "off":
             return
-        if mode == "online" and not (os.environ.get("WANDB_API_KEY") or _has_netrc_key()):
-            raise RuntimeError("--wandb online needs a key: run 'wandb login' or set WANDB_API_KEY, "
-                               "or use --wandb offline and 'wandb sync' the run later")
         import wandb
 
         os.environ.setdefault("WANDB_SILENT", "true")
@@ -67,8 +101,3 @@ class WandbRun:
         if self.run is not None:
             self.run.finish()
             self.run = None
-
-
-def _has_netrc_key() -> bool:
-    netrc = Path.home() / ".netrc"
-    return netrc.exists() and "api.wandb.ai" in netrc.read_text(errors="ignore")

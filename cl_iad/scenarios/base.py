@@ -20,11 +20,13 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from ..errors import UserError
+
 log = logging.getLogger(__name__)
 
 
-class DatasetLayoutError(ValueError):
-    """A dataset on disk does not have the layout its loader expects."""
+class DatasetLayoutError(UserError, ValueError):
+    """A dataset on disk does not have the layout its loader expects (a ValueError, as before)."""
 
 
 @dataclass(frozen=True)
@@ -259,7 +261,8 @@ def resolve_order(names: Sequence[str], order: str | Sequence[str]) -> list[str]
     explicit = list(order)
     unknown = [o for o in explicit if o not in names]
     if unknown:
-        raise ValueError(f"order names unknown tasks {unknown}; available: {names}")
+        raise ValueError(f"order names unknown tasks {unknown}: use alphabetical, reverse, random:SEED or a "
+                         f"comma-separated list of task names from {names}")
     if len(set(explicit)) != len(explicit):
         raise ValueError(f"order repeats a task: {explicit}")
     return explicit

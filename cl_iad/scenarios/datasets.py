@@ -73,7 +73,8 @@ class BadFiles:
 
     def report(self, spec: DatasetSpec, path: Path, problem: str) -> None:
         if not self.skip:
-            raise spec.error(f"{problem}\n(pass --skip-bad / skip_bad=True to skip such files with a warning)")
+            raise spec.error(f"{problem.rstrip('.')}: replace or delete the file, or pass --skip-bad "
+                             "(skip_bad=True) to skip such files with a warning.")
         log.warning("skipping %s: %s", path, problem)
         self.files.append((str(path), problem))
 
@@ -124,7 +125,9 @@ def _read_mvtec_like(root: Path, category: str, spec: DatasetSpec, bad: BadFiles
         raise _missing_category(spec, root, category, train_dir)
     train = [Sample(p, 0, category) for p in _images(train_dir)]
     if not train:
-        raise spec.error(f"no training images in {train_dir}.")
+        raise DatasetLayoutError(
+            f"no training images in {train_dir} (it holds no {'/'.join(sorted(IMAGE_SUFFIXES))} file): put the "
+            f"category's defect-free images there, or leave {category!r} out with --categories")
     test_dir = base / "test"
     if not test_dir.is_dir():
         raise spec.error(f"category {category!r} has no test folder: {test_dir} is missing.")

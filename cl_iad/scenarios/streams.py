@@ -14,7 +14,7 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-from .base import ImageSet, Sample, Scenario, Task, order_label, resolve_order
+from .base import DatasetLayoutError, ImageSet, Sample, Scenario, Task, order_label, resolve_order
 from .datasets import BadFiles, DatasetSpec, check_files, get_spec
 
 log = logging.getLogger(__name__)
@@ -169,11 +169,10 @@ def load_stream(
             train = [_renamed(s, full) for s in train]
             test = [_renamed(s, full) for s in test]
         if check:
-            train = check_files(train, spec, bad, progress)
-            test = check_files(test, spec, bad, progress)
+            train = _checked(train, "train", c, spec, bad, progress)
+            test = _checked(test, "test", c, spec, bad, progress)
         if not train or not test:
-            raise spec.error(f"category {c!r} under {roots[d]} has no usable {'train' if not train else 'test'} "
-                             f"images left after skipping bad files.")
+            raise spec.error(f"category {c!r} under {roots[d]} has no {'train' if not train else 'test'} images.")
         per_category[full] = (train, test)
     tasks = _group(ordered, per_category, parse_group(group, len(ordered)), image_size)
     info = {"order": order_label(order), "group": group, "image_size": image_size,
@@ -182,6 +181,19 @@ def load_stream(
         info["skipped"] = [f"{p}: {why}" for p, why in bad.files]
         log.warning("skipped %d bad file(s); see config.json 'skipped'", len(bad.files))
     return Scenario(tasks, "+".join(names), roots_list[0], info)
+
+
+def _checked(samples: list[Sample], split: str, category: str, spec: DatasetSpec, bad: BadFiles,
+             progress: bool) -> list[Sample]:
+    """The readable `samples` of one split; raises naming the folder when --skip-bad left none."""
+    kept = check_files(samples, spec, bad, progress)
+    if samples and not kept:
+        folders = ", ".join(sorted({str(s.image_path.parent) for s in samples}))
+        raise DatasetLayoutError(
+            f"every {split} image of category {category!r} in {folders} was skipped as unreadable (--skip-bad), "
+            f"so none is left to {'train' if split == 'train' else 'test'} on: replace the files named in the "
+            f"warnings above, or leave {category!r} out with --categories")
+    return kept
 
 
 def _renamed(s: Sample, category: str) -> Sample:
@@ -238,6 +250,7 @@ def build_scenario(
                              image_size=image_size or 128, seed=seed, **synthetic_sizes)
         return regroup(scenario, group) if group else scenario
     if not root:
-        raise ValueError(f"dataset {dataset!r} needs a root folder (comma-separated, one per chained dataset)")
+        raise ValueError(f"dataset {dataset!r} needs its folder: pass --root FOLDER (comma-separated, one per "
+                         "dataset of a chain), or use --dataset synthetic")
     return load_stream(dataset, root, categories, order, group, image_size or DEFAULT_IMAGE_SIZE,
                        skip_bad=skip_bad, progress=progress)
