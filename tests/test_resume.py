@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import pytest
 import torch
 
 from cl_iad.checkpoint import Checkpointer
@@ -117,3 +118,73 @@ def test_a_cell_cut_off_by_a_crash_is_dropped_and_the_next_append_starts_clean(t
     cells = store.cells()
     assert list(cells.eval_task) == ["a", "b", "c"] and list(cells.value) == [0.75, 0.5, 0.25]
     assert store.path.read_text().count("\n") == 4  # header + three complete rows
+
+
+class _Crash(Exception):
+    """Stands for a kill: raised inside the run, after the task-1 checkpoint is on disk."""
+
+
+def _crash_in_row_1(strategy: Strategy, n_tasks: int) -> None:
+    """Make `strategy` crash on its second prediction of row 1: task 1 is fitted and checkpointed,
+    row 0 complete, row 1 holds one task's cells."""
+    calls = []
+    original = strategy.predict
+
+    def predict(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == n_tasks + 2:
+            raise _Crash
+        return original(*args, **kwargs)
+
+    strategy.predict = predict
+
+
+def _count_fits(strategy: Strategy) -> list[int]:
+    """The task ids `strategy` is fitted on from now on."""
+    fitted: list[int] = []
+    original = strategy.fit_task
+
+    def fit_task(task, scenario):
+        fitted.append(task.task_id)
+        return original(task, scenario)
+
+    strategy.fit_task = fit_task
+    return fitted
+
+
+RESUME_CASES = {
+    "stfpm-ewc": lambda cache: Strategy(build_model("stfpm", "light", epochs=1), "ewc"),
+    "fastflow-lwf": lambda cache: Strategy(build_model("fastflow", "light", epochs=1), "lwf"),
+    "patchcore-per_task-routed": lambda cache: Strategy(build_model("patchcore", "light"), "per_task",
+                                                         eval_mode="agnostic", cache=cache),
+}
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.slow if c != "patchcore-per_task-routed" else ())
+                                  for c in RESUME_CASES])  # the gradient cases take 10-15 s each on 2 cores
+def test_run_crashed_after_task_1_resumes_from_its_checkpoint_and_matches_an_unbroken_run(case, tiny_stream,
+                                                                                          shared_cache, tmp_path):
+    make, n = RESUME_CASES[case], len(tiny_stream)
+    args = {"name": "r", "metrics": ["image_auroc", "pro"], "wandb": "off", "progress": False, "save_model": False}
+    full = run(make(shared_cache), tiny_stream, tmp_path / "full", **args).run_dir
+
+    broken = make(FeatureCache())
+    _crash_in_row_1(broken, n)
+    with pytest.raises(_Crash):
+        run(broken, tiny_stream, tmp_path / "broken", **args)
+    run_dir = tmp_path / "broken" / "r"
+    assert list((run_dir / "checkpoints").glob("after_task_001*")), "the crash came before the task-1 checkpoint"
+    per_cell = len(args["metrics"]) + ("routed" in case)  # + routing_accuracy
+    per_row = ResultStore(run_dir).cells().groupby("trained_upto").size().to_dict()
+    assert per_row == {0: n * per_cell, 1: per_cell}, f"row 0 complete, row 1 one task; got {per_row}"
+
+    resumed = make(FeatureCache())  # a fresh process: new model, new strategy, empty feature cache
+    fitted = _count_fits(resumed)
+    run(resumed, tiny_stream, tmp_path / "broken", **args)
+    assert fitted == [n - 1], f"only the task after the checkpoint is fitted again, got {fitted}"
+
+    key = ["trained_upto", "eval_task", "metric"]
+    a = pd.read_csv(full / "cells.csv", dtype=str).sort_values(key).reset_index(drop=True)
+    b = pd.read_csv(run_dir / "cells.csv", dtype=str).sort_values(key).reset_index(drop=True)
+    assert not b.duplicated(key).any()
+    pd.testing.assert_frame_equal(a, b)  # every cell, bit for bit (values compared as their repr)

@@ -179,6 +179,17 @@ class RKDE(FrozenFeatureModel):
         regions = torch.cat(per_layer, dim=1)
         return regions.reshape(len(images), -1, regions.shape[-1])
 
+    def routing_features(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """(N, R, D) region features -> (N, D): the mean over an image's regions, for the task router.
+
+        Every image has the same regions (grid windows, or detections padded with the whole
+        image), so the mean over regions is a fixed-length summary of the image's features.
+        """
+        if embeddings.ndim != 3:
+            raise ValueError(f"RKDE embeddings must be (images, regions, features), got shape "
+                             f"{tuple(embeddings.shape)}; pass what RKDE.extract returns")
+        return embeddings.float().mean(dim=1)
+
     def fit(self, embeddings: torch.Tensor) -> RKDE:
         flat = embeddings.reshape(-1, embeddings.shape[-1]).clone()
         if len(flat) < self.n_pca_components:

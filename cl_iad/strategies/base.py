@@ -158,7 +158,7 @@ class Strategy:
         embeddings = self.cache.embeddings(self.model, data, self.batch_size)
         self.model.fit(embeddings)
         if self.router_ is not None:
-            self.router_.add_task(task.task_id, embeddings)
+            self.router_.add_task(task.task_id, self.model.routing_features(embeddings))
         log.debug("task %d (%s): fitted %s on %d images", task.task_id, task.name, self.model.name, len(data))
 
     def state_dict(self) -> dict:
@@ -219,17 +219,17 @@ class Strategy:
         return self._score(emb, data.image_size)
 
     def _predict_routed(self, emb: torch.Tensor, image_size: int) -> Predictions:
-        """Route each image to a trained task, then score it with that task's state."""
-        routed = self.router_.route(emb)
-        scores = np.zeros(len(emb), dtype=np.float64)
-        maps = np.zeros((len(emb), image_size, image_size), dtype=np.float32)
+        """Route each image to a trained task, then score it with that task's state.
+
+        Maps are None when the model gives none (detection, classification), as unrouted.
+        """
+        routed = self.router_.route(self.model.routing_features(emb))
+        parts: list[tuple[np.ndarray, Predictions]] = []
         for tid in routed.unique().tolist():
             idx = (routed == tid).nonzero().flatten()
             self.model.set_state(self.task_states_[tid])
-            part = self._score(emb[idx], image_size)
-            scores[idx.numpy()] = part.pred_score
-            maps[idx.numpy()] = part.anomaly_map
-        return Predictions(scores, maps, routed.numpy())
+            parts.append((idx.numpy(), self._score(emb[idx], image_size)))
+        return _scatter(parts, len(emb), routed.numpy())
 
     def _score(self, emb: torch.Tensor, image_size: int) -> Predictions:
         size = (image_size, image_size)
@@ -239,6 +239,18 @@ class Strategy:
             scores.append(s)
             maps.append(m)
         return predictions(scores, maps)
+
+
+def _scatter(parts: list[tuple[np.ndarray, Predictions]], n: int, routed: np.ndarray) -> Predictions:
+    """Put each routed group's predictions back at its images' positions (maps None if any group has none)."""
+    scores = np.zeros(n, dtype=np.float64)
+    has_maps = bool(parts) and all(p.anomaly_map is not None for _, p in parts)
+    maps = np.zeros((n, *parts[0][1].anomaly_map.shape[1:]), dtype=np.float32) if has_maps else None
+    for idx, p in parts:
+        scores[idx] = p.pred_score
+        if maps is not None:
+            maps[idx] = p.anomaly_map
+    return Predictions(scores, maps, routed)
 
 
 def predictions(scores: list[torch.Tensor], maps: list[torch.Tensor | None]) -> Predictions:

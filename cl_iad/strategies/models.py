@@ -107,6 +107,19 @@ class FrozenFeatureModel:
         """Embeddings (B, C, h, w) of images in [0, 1]; deterministic, frozen backbone."""
         raise NotImplementedError
 
+    def routing_features(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """One float vector (N, D) per image, for the task router of task-agnostic ``per_task``.
+
+        The default reads embeddings as channel-first, (N, C) or (N, C, h, w, ...), and averages
+        every axis after the channels. A model whose embedding has another layout (RKDE's
+        (N, regions, D)) overrides this, so the router never guesses which axis holds channels.
+        """
+        x = embeddings.float()
+        if x.ndim < 2:
+            raise ValueError(f"{self.name} embeddings of shape {tuple(x.shape)} have no channel axis; "
+                             "override routing_features() to return one (N, D) vector per image")
+        return x if x.ndim == 2 else x.mean(dim=tuple(range(2, x.ndim)))
+
     def fit(self, embeddings: torch.Tensor) -> FrozenFeatureModel:
         """Fit from scratch on normal embeddings (N, C, h, w), replacing any previous state."""
         raise NotImplementedError

@@ -2,11 +2,14 @@
 
 When the task id is not given at test time, ``per_task`` must pick which task's model scores
 an image. :class:`FeatureStatsRouter` keeps, per task, the mean and per-channel variance of
-the spatially mean-pooled backbone embeddings of the task's *training* images (normal images
-only; no test data is used) and sends a test image to the task under which its pooled
-embedding is most likely (a diagonal Gaussian; ``metric="euclidean"`` uses the distance to
-the task mean instead). It reads the same cached embeddings the model is fitted on, so
-routing costs no extra backbone pass.
+one pooled feature vector per *training* image (normal images only; no test data is used) and
+sends a test image to the task under which its vector is most likely (a diagonal Gaussian;
+``metric="euclidean"`` uses the distance to the task mean instead).
+
+The vectors come from the model: :meth:`FrozenFeatureModel.routing_features` pools the same
+cached embeddings the model is fitted on (channel-first maps averaged over positions by
+default, RKDE's region features averaged over regions), so routing costs no extra backbone
+pass and the router never guesses an embedding's layout.
 """
 
 from __future__ import annotations
@@ -29,13 +32,23 @@ class FeatureStatsRouter:
         self.vars_: list[torch.Tensor] = []
 
     @staticmethod
-    def pool(embeddings: torch.Tensor) -> torch.Tensor:
-        """(N, C, h, w) -> (N, C): mean over positions."""
-        return embeddings.float().mean(dim=(-2, -1)) if embeddings.ndim == 4 else embeddings.float()
+    def pool(features: torch.Tensor) -> torch.Tensor:
+        """Feature vectors (N, D) as float; channel-first maps (N, C, h, w) are averaged over positions.
 
-    def add_task(self, task_id: int, train_embeddings: torch.Tensor) -> FeatureStatsRouter:
-        """Record the statistics of one task's training embeddings (replacing earlier ones of that id)."""
-        pooled = self.pool(train_embeddings)
+        Any other shape is refused rather than guessed: (N, A, B) could be regions x features
+        or channels x positions. Pool such embeddings with the model's ``routing_features`` first.
+        """
+        x = features.float()
+        if x.ndim == 2:
+            return x
+        if x.ndim == 4:
+            return x.mean(dim=(-2, -1))
+        raise ValueError(f"the task router takes (N, D) feature vectors or (N, C, h, w) maps, got shape "
+                         f"{tuple(features.shape)}; pool them with model.routing_features(embeddings) first")
+
+    def add_task(self, task_id: int, train_features: torch.Tensor) -> FeatureStatsRouter:
+        """Record the statistics of one task's training features (replacing earlier ones of that id)."""
+        pooled = self.pool(train_features)
         mean = pooled.mean(0)
         var = pooled.var(0, unbiased=False) if len(pooled) > 1 else torch.zeros_like(mean)
         # floor the variance by a fraction of its average, so a channel that is constant in a
@@ -61,11 +74,14 @@ class FeatureStatsRouter:
         self.means_ = [m.clone() for m in state["means"]]
         self.vars_ = [v.clone() for v in state["vars"]]
 
-    def scores(self, embeddings: torch.Tensor) -> torch.Tensor:
+    def scores(self, features: torch.Tensor) -> torch.Tensor:
         """(N, K) cost of each image under each known task (lower is closer)."""
         if not self.task_ids_:
             raise RuntimeError("the router knows no task yet; fit at least one task before predicting")
-        x = self.pool(embeddings)
+        x = self.pool(features)
+        if x.shape[1] != self.means_[0].shape[0]:
+            raise ValueError(f"the router was fitted on {self.means_[0].shape[0]}-dim features, got "
+                             f"{x.shape[1]}-dim ones; route with the model and settings it was fitted with")
         means = torch.stack(self.means_)  # (K, C)
         diff = x[:, None, :] - means[None]
         if self.metric == "euclidean":
@@ -73,7 +89,7 @@ class FeatureStatsRouter:
         var = torch.stack(self.vars_)
         return (diff.pow(2) / var[None]).sum(-1) + var.log().sum(-1)[None]
 
-    def route(self, embeddings: torch.Tensor) -> torch.Tensor:
+    def route(self, features: torch.Tensor) -> torch.Tensor:
         """The chosen task id for each image."""
-        idx = self.scores(embeddings).argmin(dim=1)
+        idx = self.scores(features).argmin(dim=1)
         return torch.tensor(self.task_ids_, dtype=torch.long)[idx]
