@@ -69,8 +69,8 @@ def _coreset(scenario) -> dict:
     from anomalib.models.components.sampling import KCenterGreedy
 
     from cl_iad.cache import FeatureCache
+    from cl_iad.models.ops.coreset import greedy_coreset_indices
     from cl_iad.strategies import build_model
-    from cl_iad.strategies.coreset import greedy_coreset_indices
 
     model = build_model("patchcore", layers=LAYERS["patchcore"])
     emb = model.module.reshape_embedding(FeatureCache().embeddings(model, scenario[0].train))

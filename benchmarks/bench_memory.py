@@ -43,7 +43,7 @@ def child(n_tasks: int, cache_mode: str, out: Path) -> None:
     run(strategy, scenario, out, name=f"replay-{n_tasks}-{cache_mode}", wandb="off", progress=False, overwrite=True)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print("RSS " + json.dumps({"tasks": n_tasks, "cache": cache_mode, "peak_mb": peak_mb,
-                               "bank_rows": int(strategy.model.get_state()["memory_bank"].shape[0])}), flush=True)
+                               "bank_rows": int(strategy.model.state_dict()["memory_bank"].shape[0])}), flush=True)
 
 
 def _spawn(n_tasks: int, cache_mode: str, out: Path) -> dict:

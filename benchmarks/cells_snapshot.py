@@ -41,7 +41,7 @@ def snapshot(out: Path, only: set[str] | None = None) -> None:
     from cl_iad.models.registry import MODEL_INFOS, build_model
     from cl_iad.runner import run
     from cl_iad.scenarios import synthetic
-    from cl_iad.strategies import Strategy
+    from cl_iad.strategies import Strategy, regimes_for
 
     torch.set_num_threads(1)
     out.mkdir(parents=True, exist_ok=True)
@@ -51,7 +51,7 @@ def snapshot(out: Path, only: set[str] | None = None) -> None:
     for info in MODEL_INFOS:
         if only and info.name not in only:
             continue
-        modes = [(r, "aware") for r in info.regimes]
+        modes = [(r, "aware") for r in regimes_for(info)]
         if not info.trains_by_gradient:
             modes.append(("per_task", "agnostic"))
         for regime, mode in modes:

@@ -123,7 +123,7 @@ class FeatureCache:
             path = self._disk_path(key)
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npy")
-            np.save(tmp, tensor.numpy(), allow_pickle=False)
+            np.save(tmp, tensor.cpu().numpy(), allow_pickle=False)
             os.replace(tmp, path)
         self._remember(key, tensor)
 
@@ -160,7 +160,8 @@ class FeatureCache:
                 row = row.clone()  # a row of a batch would pin the whole batch in memory
                 found[i] = row
                 self._put(keys[i], row)
-        return torch.stack([found[i] for i in range(len(keys))])
+        device = found[0].device if not todo else fresh.device
+        return torch.stack([found[i].to(device) for i in range(len(keys))])
 
     def _extract_all(self, model: FeatureModel, data, indices, batch_size: int) -> torch.Tensor:
         # Every batch is padded to `batch_size`: CPU convolution kernels are chosen by input

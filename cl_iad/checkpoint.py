@@ -42,7 +42,7 @@ import numpy as np
 import torch
 
 from .errors import CheckpointError
-from .scenarios.base import Sample
+from .scenarios.base import decode_samples, encode_samples  # noqa: F401 - re-exported; they live beside Sample now
 
 if TYPE_CHECKING:
     from .strategies.base import Strategy
@@ -51,18 +51,6 @@ log = logging.getLogger(__name__)
 
 FORMAT = 1
 _NAME = re.compile(r"after_task_(\d{3,})\.pt$")
-
-
-# -- samples as plain data ----------------------------------------------------------------
-def encode_samples(samples: Sequence[Sample]) -> list[list]:
-    """Samples as lists of strings and ints (no pickled classes in checkpoints)."""
-    return [[str(s.image_path), int(s.label), s.category, s.defect, "" if s.mask_path is None else str(s.mask_path)]
-            for s in samples]
-
-
-def decode_samples(rows: Sequence[Sequence]) -> list[Sample]:
-    """Inverse of :func:`encode_samples`."""
-    return [Sample(Path(p), int(label), cat, defect, Path(mask) if mask else None) for p, label, cat, defect, mask in rows]
 
 
 # -- seeding ------------------------------------------------------------------------------

@@ -45,12 +45,17 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--skip-bad", action="store_true",
                    help="skip unreadable or inconsistent files with a warning (counted in config.json)")
     r.add_argument("--n-tasks", type=int, default=5, help="synthetic: number of categories when none are named")
+    r.add_argument("--n-train", type=int, help="synthetic: training images per category (default 20)")
+    r.add_argument("--n-test-good", type=int, help="synthetic: normal test images per category (default 8)")
+    r.add_argument("--n-test-per-defect", type=int, help="synthetic: test images per defect type (default 3)")
     r.add_argument("--order", default="alphabetical",
                    help="alphabetical | reverse | random:SEED | comma-separated category names")
     r.add_argument("--model", default="patchcore", help="model name (see 'cl-iad models')")
     r.add_argument("--strategy", default="naive",
-                   help="regime, or comma-separated regimes run one after another: "
+                   help="regime, or comma-separated regimes run one after another (one run folder each): "
                         "naive,replay,cumulative,joint,per_task (gradient-trained models also ewc,lwf)")
+    r.add_argument("--strategy-param", action="append", default=[], metavar="KEY=VALUE",
+                   help="a regime hyper-parameter (YAML value), e.g. --strategy-param ewc_lambda=50; repeatable")
     r.add_argument("--backbone", help="efficientnet_lite0 (default, weights built in) | resnet18 | resnet50 | "
                                       "wide_resnet50_2 (these need --weights)")
     r.add_argument("--preset", help="named settings: 'light' (small, CPU) or 'benchmark' (the MVTec AD table)")
@@ -59,16 +64,17 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                    help="a model hyper-parameter (YAML value), e.g. --param vq_weights=vq.pckl; repeatable")
     r.add_argument("--config", type=Path,
-                   help="YAML file with a 'model' section (name, preset, params) and run options "
-                        "(see experiments/configs/seed_mvtec/); command-line options override it")
+                   help="YAML file: a run's RUN_DIR/config.yaml (sections data, model, strategy, run) to repeat "
+                        "it, or a 'model' section (name, preset, params) with run options (see "
+                        "experiments/configs/seed_mvtec/); options typed on the command line override it")
     r.add_argument("--weights", help="local backbone weights file, or 'random' (smoke tests only)")
     r.add_argument("--image-size", type=int, help="square input size (default 128 synthetic, 256 datasets, "
                                                    "anomalib's default)")
     r.add_argument("--normalization", default="backbone", choices=["backbone", "imagenet", "none"],
                    help="input normalisation: the backbone's statistics (default; ImageNet for ResNets, as "
                         "anomalib), ImageNet's, or none")
-    r.add_argument("--buffer-size", type=int, default=20, help="replay: images kept from past tasks")
-    r.add_argument("--buffer-policy", default="reservoir", help="replay: reservoir | task_balanced")
+    r.add_argument("--buffer-size", type=int, help="replay: images kept from past tasks (default 20)")
+    r.add_argument("--buffer-policy", help="replay: reservoir (default) | task_balanced")
     r.add_argument("--metrics", default=",".join(METRICS), help="comma-separated metrics")
     r.add_argument("--cache-dir", type=Path,
                    help="also keep backbone features on disk here (large streams; reused by restarts and later runs)")
@@ -124,116 +130,175 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _scenario(args):
-    from .scenarios.streams import build_scenario
-
-    return build_scenario(args.dataset, args.root, _csv_list(args.categories), args.order, args.group,
-                          args.image_size, skip_bad=args.skip_bad, seed=args.seed, n_tasks=args.n_tasks,
-                          progress=not args.no_progress)
-
-
 def cmd_run(args) -> int:
-    from .cache import FeatureCache
+    configs = config_from_args(args).for_each_regime()  # one config, and one config.yaml, per run
+    for config in configs:
+        config.check()  # unknown model, regime or bank budget: refused before any data is read
     from .console import print_result
-    from .models.registry import model_info
     from .runner import run
-    from .strategies import Strategy, build_model
 
-    model_kwargs = _apply_config(args)
-    info = model_info(args.model)
-    regimes = _csv_list(args.strategy) or ["naive"]
-    bad = [r for r in regimes if r not in info.regimes]
-    if bad:
-        raise SystemExit(f"error: strategy {bad} not available for {info.name}; choose from {', '.join(info.regimes)}")
-    scenario = _scenario(args)
+    scenario = configs[0].build_scenario()  # every regime reads the same stream...
     log.info("stream of %d tasks: %s", len(scenario), " -> ".join(scenario.names))
-    name = None
-    cache = FeatureCache(args.cache_dir, args.cache_memory_mb)  # shared: every regime reuses the features
-    if args.bank_budget is not None:
-        if args.model != "patchcore":
-            raise ValueError(f"--bank-budget applies to memory-bank models such as patchcore, not {args.model!r}; "
-                             "drop the option")
-        model_kwargs["max_bank_size"] = args.bank_budget
-    for regime in regimes:
+    cache = configs[0].build_cache()  # ...and reuses the same features
+    for config in configs:
         start = time.perf_counter()
-        model = build_model(info.name, args.preset, **model_kwargs)
-        eval_mode = "agnostic" if args.task_agnostic else args.eval_mode
-        strategy = Strategy(model, regime, buffer_size=args.buffer_size, buffer_policy=args.buffer_policy,
-                            seed=args.seed, eval_mode=eval_mode, cache=cache)
-        if args.name:
-            name = args.name if len(regimes) == 1 else f"{args.name}-{regime}"
-        result = run(strategy, scenario, args.out, name=name, metrics=_csv_list(args.metrics),
-                     wandb=args.wandb, progress=not args.no_progress, overwrite=args.overwrite,
-                     checkpoint=not args.no_checkpoint)
+        strategy = config.build_strategy(cache)
+        result = run(strategy, scenario, **config.run_kwargs())  # writes config.yaml
         print_result(result, strategy, time.perf_counter() - start)
     return 0
 
 
-def _parse_params(items: list[str]) -> dict:
+def config_from_args(args):
+    """The :class:`~cl_iad.config.Config` of ``cl-iad run`` options, merged with ``--config`` (typed options win).
+
+    Several comma-separated regimes stay in one config; :meth:`Config.for_each_regime` splits them.
+    """
+    from .config import Config
+
+    params = _apply_config(args)
+    seed = params.pop("seed")
+    device = params.pop("device", None)
+    strategy_params = dict(getattr(args, "strategy_params_", None) or {})
+    strategy_params.update({k: getattr(args, k) for k in ("buffer_size", "buffer_policy")
+                            if getattr(args, k) is not None})
+    strategy_params.update(_parse_params(args.strategy_param, "--strategy-param", "ewc_lambda=50"))
+    return Config.from_dict({
+        "data": {"dataset": args.dataset, "root": _text(args.root), "categories": _csv_list(args.categories),
+                 "group": args.group, "order": str(args.order), "n_tasks": args.n_tasks,
+                 "image_size": args.image_size, "skip_bad": args.skip_bad, "n_train": args.n_train,
+                 "n_test_good": args.n_test_good, "n_test_per_defect": args.n_test_per_defect},
+        "model": {"name": args.model, "preset": args.preset, "params": params, "device": device},
+        "strategy": {"name": args.strategy, "eval_mode": "agnostic" if args.task_agnostic else args.eval_mode,
+                     "params": strategy_params},
+        "run": {"out": str(args.out), "name": args.name, "metrics": _csv_list(args.metrics) or list(METRICS),
+                "seed": seed, "wandb": args.wandb, "checkpoint": not args.no_checkpoint,
+                "cache_dir": _text(args.cache_dir), "cache_memory_mb": args.cache_memory_mb,
+                "bank_budget": args.bank_budget, "overwrite": args.overwrite, "progress": not args.no_progress},
+    }, source="the command line")
+
+
+def _text(value) -> str | None:
+    """A path option as text in the config (None stays None)."""
+    return None if value is None else str(value)
+
+
+def _parse_params(items: list[str], option: str = "--param", example: str = "flow_steps=4") -> dict:
     import yaml
 
     out = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise SystemExit(f"error: --param {item!r} is not KEY=VALUE (e.g. --param flow_steps=4)")
+            raise SystemExit(f"error: {option} {item!r} is not KEY=VALUE (e.g. {option} {example})")
         out[key.strip()] = yaml.safe_load(value)
     return out
 
 
+# keys of the flat --config format (experiments/configs/seed_mvtec/*.yaml): a `model` section and these
 _RUN_KEYS = ("dataset", "root", "categories", "n_tasks", "order", "strategy", "image_size", "buffer_size",
-             "buffer_policy", "metrics", "seed", "out", "name", "wandb", "device")
+             "buffer_policy", "metrics", "seed", "out", "name", "wandb", "device", "group", "skip_bad", "eval_mode",
+             "n_train", "n_test_good", "n_test_per_defect")
+_FLAT_MODEL_KEYS = ("name", "preset", "params", "device")
+# option destinations of each key of the nested format (RUN_DIR/config.yaml); checkpoint and
+# progress are the negations of --no-checkpoint and --no-progress
+_NESTED_TO_OPTIONS = {
+    "data": {k: k for k in ("dataset", "root", "categories", "group", "order", "n_tasks", "image_size", "skip_bad",
+                            "n_train", "n_test_good", "n_test_per_defect")},
+    "model": {"name": "model", "preset": "preset", "device": "device"},
+    "strategy": {"name": "strategy", "eval_mode": "eval_mode"},
+    "run": {k: k for k in ("out", "name", "metrics", "seed", "wandb", "cache_dir", "cache_memory_mb", "bank_budget",
+                           "overwrite")},
+}
+_NEGATED = {("run", "checkpoint"): "no_checkpoint", ("run", "progress"): "no_progress"}
+_PATH_OPTIONS = ("out", "cache_dir")
+
+
+def _read_config_file(path: Path) -> tuple[dict, dict, dict]:
+    """A --config file as (option destination -> value, model params, regime params), either format."""
+    import yaml
+
+    from .config import Config, ConfigError
+
+    if not path.is_file():
+        raise SystemExit(f"error: --config {path} does not exist")
+    try:
+        cfg = yaml.safe_load(path.read_text()) or {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError(f"--config {path} is not readable YAML: {' '.join(str(exc).split())[:200]}") from exc
+    if not isinstance(cfg, dict):
+        raise ConfigError(f"--config {path} must be a mapping of options (see experiments/configs/)")
+    if not any(k in cfg for k in ("data", "run")) and not isinstance(cfg.get("strategy"), dict):
+        return _read_flat(path, cfg)
+    config = Config.from_dict(cfg, source=path)  # checks every key and type
+    options: dict = {}
+    for section, keys in _NESTED_TO_OPTIONS.items():
+        given = cfg.get(section) or {}
+        options.update({dest: getattr(getattr(config, section), key) for key, dest in keys.items() if key in given})
+    options.update({dest: not getattr(getattr(config, sec), key) for (sec, key), dest in _NEGATED.items()
+                    if key in (cfg.get(sec) or {})})
+    regime = dict(config.strategy.params)
+    options.update({k: regime.pop(k) for k in ("buffer_size", "buffer_policy") if k in regime})
+    return options, dict(config.model.params), regime
+
+
+def _read_flat(path: Path, cfg: dict) -> tuple[dict, dict, dict]:
+    """The flat format: a `model` section (name, preset, params, device) and run options."""
+    model = cfg.pop("model", {}) or {}
+    unknown = sorted(set(cfg) - set(_RUN_KEYS))
+    if unknown:
+        raise SystemExit(f"error: {path}: unknown keys {unknown}; allowed: model, {', '.join(_RUN_KEYS)} (or the "
+                         "sections data, model, strategy, run of a RUN_DIR/config.yaml)")
+    bad = sorted(set(model) - set(_FLAT_MODEL_KEYS)) if isinstance(model, dict) else ["model"]
+    if bad:
+        raise SystemExit(f"error: {path}: unknown key model.{bad[0]}; allowed in model: {', '.join(_FLAT_MODEL_KEYS)}")
+    options = dict(cfg)
+    options.update({dest: model[key] for key, dest in (("name", "model"), ("preset", "preset"), ("device", "device"))
+                    if key in model})
+    return options, dict(model.get("params") or {}), {}
 
 
 def _apply_config(args) -> dict:
-    """Merge a --config YAML into `args` (command line wins); return the model's constructor kwargs."""
-    import yaml
+    """Merge a --config YAML into `args` (command line wins); return the model's settings.
 
+    The settings are the model's constructor arguments (file params, then --param, then the
+    options --backbone, --weights, --epochs, --normalization), the seed, and the device when one
+    is given. The file's regime parameters other than buffer_size and buffer_policy go to
+    ``args.strategy_params_``.
+    """
     params: dict = {}
+    args.strategy_params_ = {}
+    given = getattr(args, "given_", None)
+    if given is None:  # args not from main(): fall back to "differs from the default"
+        defaults = build_parser().parse_args(["run"])
+        given = {k for k, v in vars(args).items() if getattr(defaults, k, None) != v}
     if args.config is not None:
-        if not args.config.is_file():
-            raise SystemExit(f"error: --config {args.config} does not exist")
-        cfg = yaml.safe_load(args.config.read_text()) or {}
-        model = cfg.pop("model", {}) or {}
-        unknown = sorted(set(cfg) - set(_RUN_KEYS))
-        if unknown:
-            raise SystemExit(f"error: {args.config}: unknown keys {unknown}; allowed: model, {', '.join(_RUN_KEYS)}")
-        given = getattr(args, "given_", None)
-        if given is None:  # args not from main(): fall back to "differs from the default"
-            defaults = build_parser().parse_args(["run"])
-            given = {k for k, v in vars(args).items() if getattr(defaults, k, None) != v}
-        for key, value in cfg.items():
+        options, file_params, args.strategy_params_ = _read_config_file(args.config)
+        for key, value in options.items():
             if key not in given:  # an option typed on the command line always wins
                 if isinstance(value, list):
                     value = ",".join(map(str, value))
-                setattr(args, key, Path(value) if key in ("root", "out") else value)
-        if "model" not in given and "name" in model:
-            args.model = model["name"]
-        if "preset" not in given and "preset" in model:
-            args.preset = model["preset"]
-        params.update(model.get("params", {}) or {})
+                setattr(args, key, Path(value) if key in _PATH_OPTIONS and value is not None else value)
+        params.update(file_params)
     params.update(_parse_params(args.param))
     params.update({k: v for k, v in (("backbone", args.backbone), ("weights", args.weights), ("epochs", args.epochs))
                    if v is not None})
     params["seed"] = args.seed
     if args.normalization != "backbone":
         params["normalization"] = args.normalization
+    elif "normalization" in given:  # typed: the default beats the file's value
+        params.pop("normalization", None)
     if args.device is not None:
-        from .models.registry import model_info
-
-        if model_info(args.model).trains_by_gradient:
-            params["device"] = args.device
-        else:
-            log.warning("--device %s ignored: frozen-feature models (%s) run on the CPU", args.device, args.model)
+        params["device"] = args.device
     return params
 
 
 def cmd_models(args) -> int:
     from .models.registry import MODEL_INFOS
+    from .strategies import regimes_for
 
     print(f"{'name':22s} {'model':22s} {'family':20s} {'task':15s} regimes")
     for info in MODEL_INFOS:
-        print(f"{info.name:22s} {info.title:22s} {info.family:20s} {info.task_type:15s} {','.join(info.regimes)}")
+        print(f"{info.name:22s} {info.title:22s} {info.family:20s} {info.task_type:15s} {','.join(regimes_for(info))}")
         if info.notes:
             print(f"{'':22s}   note: {info.notes}")
         if getattr(args, "presets", False):

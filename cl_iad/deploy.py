@@ -2,9 +2,11 @@
 
 A saved model directory holds:
 
-* ``strategy.json``: how to rebuild the model and strategy (model name and constructor
-  arguments, regime, buffer and evaluation settings), the task names, and the per-task
-  decision thresholds of the last training step (plus one fitted on all tasks pooled);
+* ``strategy.json``: how to rebuild the model and strategy (``spec``: the run's
+  :class:`~cl_iad.config.Config`, whose model and strategy sections are what loading builds;
+  ``model`` and ``strategy``: the constructor arguments, which older versions read), the task
+  names, and the per-task decision thresholds of the last training step (plus one fitted on all
+  tasks pooled);
 * ``state.pt``: :meth:`Strategy.state_dict` (model state, replay buffer, per-task states,
   router) as tensors and plain data; it is only ever read with ``torch.load(weights_only=True)``,
   so loading a model someone shared cannot run code.
@@ -35,20 +37,27 @@ FORMAT = 1
 
 
 def save_strategy(strategy, directory: Path | str, task_names: list[str], thresholds: dict | None = None,
-                  image_size: int = 256) -> Path:
+                  image_size: int = 256, config=None) -> Path:
     """Write `strategy` to `directory` (created); returns the directory.
 
     `thresholds` maps task names (and "*" for all tasks pooled) to {"image": {...}, "pixel": {...}}.
+    `config` (a :class:`~cl_iad.config.Config` or its dict) defaults to the one the strategy was
+    built from (:meth:`Config.build_strategy`), else one made from its constructor arguments.
     """
     from .checkpoint import atomic_torch_save
+    from .config import Config
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     build = getattr(strategy.model, "build_args_", None)
     if build is None:
         raise ValueError(f"model {strategy.model.name!r} was not built with build_model(); cannot record how to rebuild it")
-    meta = {"format": FORMAT, "model": build, "strategy": strategy.build_args(), "task_names": list(task_names),
-            "image_size": int(image_size), "thresholds": thresholds or {}, "config": strategy.config()}
+    if config is None:
+        config = Config.of_strategy(strategy)
+    spec = config.to_dict() if isinstance(config, Config) else Config.from_dict(config).to_dict()
+    meta = {"format": FORMAT, "spec": spec, "model": build, "strategy": strategy.build_args(),
+            "task_names": list(task_names), "image_size": int(image_size), "thresholds": thresholds or {},
+            "config": strategy.config()}
     atomic_torch_save(strategy.state_dict(), directory / "state.pt")
     atomic_write_text(directory / "strategy.json", json.dumps(meta, indent=2, default=str))
     return directory
@@ -72,17 +81,33 @@ class LoadedModel:
 def load_strategy(directory: Path | str) -> LoadedModel:
     """Rebuild the strategy saved in `directory` and load its state."""
     from .checkpoint import safe_torch_load
-    from .strategies import Strategy, build_model
 
     directory = Path(directory)
     meta = _read_meta(directory)
-    build = dict(meta["model"])
-    model = build_model(build.pop("name"), **build)
-    strategy = Strategy(model, **meta["strategy"])
+    strategy = saved_config(directory, meta).build_strategy()
     state = safe_torch_load(directory / "state.pt", "saved model state",
                             f"copy the whole model folder again, or re-run the training that wrote {directory}")
     strategy.load_state_dict(state)
     return LoadedModel(strategy, meta["task_names"], meta.get("thresholds", {}), int(meta["image_size"]))
+
+
+def saved_config(directory: Path | str, meta: dict | None = None):
+    """The :class:`~cl_iad.config.Config` that rebuilds the model saved in `directory`.
+
+    Models saved before configs were recorded (no ``spec`` in strategy.json) get one made from
+    their constructor arguments.
+    """
+    from .config import Config, ConfigError
+
+    directory = Path(directory)
+    meta = _read_meta(directory) if meta is None else meta
+    if "spec" not in meta:
+        return Config.from_build_args(meta["model"], meta["strategy"])
+    try:
+        return Config.from_dict(meta["spec"], source=directory / "strategy.json")
+    except ConfigError as exc:
+        raise UserError(f"{exc}; re-run the training that wrote {directory}, or remove 'spec' from its "
+                        "strategy.json to rebuild from the constructor arguments") from exc
 
 
 def _read_meta(directory: Path) -> dict:

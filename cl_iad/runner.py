@@ -1,4 +1,9 @@
-"""The one loop: train task i, evaluate every task j, store each cell, derive the tables."""
+"""The one loop: fit task i, evaluate every task j, hand each cell and finished row to the recorders.
+
+What happens to the results (cells.csv aside: the loop appends every cell itself, since resuming
+reads it) is up to the recorders of :mod:`cl_iad.recorders`: checkpoints, thresholds, examples,
+tables, plots, the saved model, W&B and config.yaml.
+"""
 
 from __future__ import annotations
 
@@ -9,21 +14,25 @@ import re
 import shutil
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from . import metrics as M
-from .checkpoint import Checkpointer, seeded
+from .checkpoint import seeded
 from .errors import UserError
-from .results import METRICS, ResultStore, atomic_write_text, chance_baseline, matrix, write_tables
-from .scenarios.base import Scenario
+from .recorders import Cell, Recorder, Recorders, RunContext, RunResult, builtin_recorders
+from .results import METRICS, ResultStore, atomic_write_text
+from .scenarios.base import Scenario, Task
 from .strategies.base import Predictions, Strategy
+from .thresholds import load_thresholds
+
+__all__ = ["METRIC_FUNCTIONS", "PIXEL_METRICS", "ROUTING_METRIC", "Recorder", "RunConfigMismatch", "RunResult",
+           "evaluate", "load_thresholds", "package_versions", "run", "run_name", "warn_undefined_tasks"]
 
 log = logging.getLogger(__name__)
+
 
 def _pixel(fn: Callable[[np.ndarray, np.ndarray], float]) -> Callable[[Predictions, np.ndarray, np.ndarray], float]:
     """A pixel metric that is NaN for models without anomaly maps (detection, classification)."""
@@ -47,17 +56,6 @@ KEY_PACKAGES = ("cl_iad", "torch", "torchvision", "anomalib", "avalanche-lib", "
 
 class RunConfigMismatch(UserError, RuntimeError):
     """An existing run directory holds results of different settings."""
-
-
-@dataclass
-class RunResult:
-    """Where a run wrote its files, and its matrices and summary."""
-
-    run_dir: Path
-    matrices: dict[str, pd.DataFrame]
-    summary: dict
-    plots: list[Path]
-    wandb_dir: Path | None = None
 
 
 def package_versions() -> dict[str, str]:
@@ -123,81 +121,6 @@ def warn_undefined_tasks(scenario: Scenario) -> list[str]:
     return names
 
 
-def _record_extras(run_dir: Path, i: int, j: int, trained: str, other, pred: Predictions, labels: np.ndarray,
-                   masks: np.ndarray, n_examples: int = 2) -> None:
-    """Per-cell side products: the task's decision thresholds (for seen tasks) and a few example
-    anomaly maps for `cl-iad show`. Written before the cell itself, so a cell in cells.csv always
-    has its extras."""
-    from .thresholds import fit_task_thresholds, json_safe
-    from .visualize import save_examples
-
-    if j <= i:
-        has_map = pred.anomaly_map is not None and other.test.has_pixel_gt
-        rec = fit_task_thresholds(pred.pred_score, labels, pred.anomaly_map if has_map else None,
-                                  masks if has_map else None)
-        line = json.dumps(json_safe({"trained_upto": i, "trained_task": trained, "eval_task": other.name, **rec}))
-        with (run_dir / "thresholds.jsonl").open("a") as fh:
-            fh.write(line + "\n")
-    if pred.anomaly_map is not None:
-        idx = np.flatnonzero(labels == 1)[:n_examples]
-        if idx.size:
-            save_examples(run_dir, i, j, other.name, [str(other.test.samples[k].image_path) for k in idx],
-                          pred.anomaly_map[idx], masks[idx])
-
-
-def _pooled_sample(pred: Predictions, labels: np.ndarray, masks: np.ndarray, has_pixel_gt: bool,
-                   pixels: int = 200_000) -> tuple:
-    """Scores and labels of one task, and a fixed-seed sample of its pixels, for pooling."""
-    if pred.anomaly_map is None or not has_pixel_gt:
-        return pred.pred_score, labels, None, None
-    flat_map, flat_gt = pred.anomaly_map.ravel(), masks.ravel()
-    if flat_map.size > pixels:
-        pick = np.random.default_rng(0).choice(flat_map.size, pixels, replace=False)
-        flat_map, flat_gt = flat_map[pick], flat_gt[pick]
-    return pred.pred_score, labels, flat_map, flat_gt
-
-
-def _record_global_threshold(run_dir: Path, i: int, trained: str, pooled: list[tuple]) -> None:
-    """Thresholds fitted on all tasks' final predictions pooled (eval_task "*"), for images
-    whose task is unknown at deployment."""
-    from .thresholds import f1_optimal_threshold, fit_task_thresholds, json_safe
-
-    rec = fit_task_thresholds(np.concatenate([p[0] for p in pooled]), np.concatenate([p[1] for p in pooled]))
-    with_maps = [p for p in pooled if p[2] is not None]
-    if with_maps:
-        gts = np.concatenate([p[3] for p in with_maps])
-        if gts.any():
-            rec["pixel"] = f1_optimal_threshold(np.concatenate([p[2] for p in with_maps]), gts).__dict__
-    with (run_dir / "thresholds.jsonl").open("a") as fh:
-        fh.write(json.dumps(json_safe({"trained_upto": i, "trained_task": trained, "eval_task": "*", **rec})) + "\n")
-
-
-def load_thresholds(run_dir: Path) -> dict[int, dict[int, dict]]:
-    """thresholds.jsonl as history[trained_upto][eval_task_name]; the last record of a cell wins."""
-    history: dict[int, dict] = {}
-    path = run_dir / "thresholds.jsonl"
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            if line.strip():
-                rec = json.loads(line)
-                history.setdefault(rec["trained_upto"], {})[rec["eval_task"]] = rec
-    return history
-
-
-def _finish_extras(run_dir: Path) -> list[Path]:
-    """Threshold drift (thresholds_drift.json) and the example grid plot; returns new plot paths."""
-    from .thresholds import threshold_drift
-    from .visualize import example_grid
-
-    history = load_thresholds(run_dir)
-    per_task = {i: {k: v for k, v in row.items() if k != "*"} for i, row in history.items()}
-    drift = {kind: threshold_drift(per_task, kind) for kind in ("image", "pixel")}
-    atomic_write_text(run_dir / "thresholds_drift.json", json.dumps(drift, indent=2))
-    if (run_dir / "examples").is_dir():
-        return [example_grid(run_dir)]
-    return []
-
-
 def _routing_accuracy(pred: Predictions, task_id: int) -> float:
     """Share of a task's test images routed to that task's own model."""
     if pred.routed_task is None:
@@ -218,7 +141,7 @@ def _prepare_run_dir(run_dir: Path, config: dict, overwrite: bool) -> None:
                 f"{run_dir} already holds results of different settings (see {cfg_path}); "
                 "choose another --out/--name, or pass --overwrite to replace them")
     elif overwrite and run_dir.exists():
-        for name in ("cells.csv", "summary.json", "thresholds.jsonl", "thresholds_drift.json"):
+        for name in ("cells.csv", "summary.json", "thresholds.jsonl", "thresholds_drift.json", "config.yaml"):
             (run_dir / name).unlink(missing_ok=True)
         shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -238,6 +161,8 @@ def run(
     wandb_group: str | None = None,
     checkpoint: bool = True,
     save_model: bool = True,
+    spec: dict | None = None,
+    recorders: Sequence[Recorder] = (),
 ) -> RunResult:
     """Train `strategy` on each task of `scenario` and evaluate every task after each one.
 
@@ -248,20 +173,58 @@ def run(
     `checkpoint`, the strategy is saved after each task is fitted, and a restart loads the
     newest checkpoint instead of fitting earlier tasks again (see :mod:`cl_iad.checkpoint`).
     Each task is fitted under its own seed derived from ``strategy.seed``, so resumed and
-    uninterrupted runs give identical cells.
-    """
-    from tqdm.auto import tqdm
+    uninterrupted runs give identical cells. `spec`, the run's full configuration (e.g.
+    ``Config.to_dict()``), is written to ``RUN_DIR/config.yaml``.
 
-    from .plots import forgetting_curves, matrix_heatmap
-    from .wandb_log import WandbRun, require_wandb_login
+    Results go to the recorders of :func:`~cl_iad.recorders.builtin_recorders` (``checkpoint=False``,
+    ``save_model=False`` and ``wandb="off"`` leave theirs out), then to your own `recorders`, in order.
+    """
+    from .wandb_log import require_wandb_login
 
     require_wandb_login(wandb)  # before any file is written or task fitted
+    hooks = Recorders([*builtin_recorders(wandb, wandb_group, checkpoint, save_model, spec), *recorders])
+    ctx = _start(strategy, scenario, out_dir, name, metrics, overwrite, extra_config)
+    try:
+        hooks.on_run_start(ctx)
+        _loop(ctx, hooks, progress)
+        result = RunResult(ctx.run_dir, {}, {}, [])
+        hooks.on_run_end(ctx, result)
+    finally:
+        hooks.close()
+    return result
+
+
+def _loop(ctx: RunContext, hooks: Recorder, progress: bool) -> None:
+    """Fit each task not restored from a checkpoint, then evaluate every cell of its row missing from cells.csv."""
+    from tqdm.auto import tqdm
+
+    with tqdm(total=ctx.n_tasks ** 2, desc=ctx.name, unit="cell", disable=not progress, leave=False) as bar:
+        for i, task in enumerate(ctx.scenario):
+            bar.set_postfix_str(f"train {task.name}")
+            if i > ctx.resumed:
+                with seeded(ctx.strategy.seed, i):
+                    ctx.strategy.fit_task(task, ctx.scenario)
+                hooks.on_task_fitted(ctx, i, task)
+            row: dict[str, float] = {}
+            for j, other in enumerate(ctx.scenario):
+                todo = [m for m in ctx.metrics if (i, other.name, m) not in ctx.done]
+                if todo:
+                    bar.set_postfix_str(f"eval {other.name}")
+                    cell = _evaluate_cell(ctx, i, task, j, other, todo)
+                    hooks.on_cell(ctx, cell)  # extras first: a cell in cells.csv always has them
+                    ctx.store.append(cell.rows())
+                    row.update({f"{m}/{other.name}": v for m, v in cell.values.items()})
+                bar.update(1)
+            hooks.on_row_end(ctx, i, row)
+
+
+def _start(strategy: Strategy, scenario: Scenario, out_dir: Path | str, name: str | None, metrics: Sequence[str],
+           overwrite: bool, extra_config: dict | None) -> RunContext:
+    """Check the metrics, prepare the run directory (config.json) and read the cells already done."""
     unknown = [m for m in metrics if m not in METRIC_FUNCTIONS]
     if unknown:
         raise ValueError(f"unknown metrics {unknown}; choose from {list(METRIC_FUNCTIONS)}")
-    task_metrics = list(metrics)
-    if strategy.routes:
-        metrics = [*task_metrics, ROUTING_METRIC]
+    metrics = [*metrics, ROUTING_METRIC] if strategy.routes else list(metrics)
     name = name or run_name(scenario, strategy)
     run_dir = Path(out_dir) / name
     settings = {"dataset": scenario.dataset, "root": str(scenario.root), "tasks": scenario.names,
@@ -270,72 +233,16 @@ def run(
     _prepare_run_dir(run_dir, {"name": name, "settings": settings, "versions": package_versions()}, overwrite)
     store = ResultStore(run_dir)
     done = {(r.trained_upto, r.eval_task, r.metric) for r in store.cells().itertuples(index=False)}
-    names = scenario.names
-    ckpt = Checkpointer(run_dir, names, settings) if checkpoint else None
-    complete = {i for i in range(len(names)) if all((i, n, m) in done for n in names for m in metrics)}
-    resumed = ckpt.resume(strategy, complete) if ckpt is not None else -1
     warn_undefined_tasks(scenario)
-    logged: set[str] = set()  # undefined-metric reasons already logged, one line per task and reason
-    truth: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-    wb = WandbRun(wandb, run_dir, name, settings, group=wandb_group)
-    t = len(scenario)
-    bar = tqdm(total=t * t, desc=name, unit="cell", disable=not progress, leave=False)
-    pooled: list[tuple] = []  # final-row predictions (pixels subsampled) for the all-task threshold
-    try:
-        for i, task in enumerate(scenario):
-            bar.set_postfix_str(f"train {task.name}")
-            if i > resumed:
-                with seeded(strategy.seed, i):
-                    strategy.fit_task(task, scenario)
-                if ckpt is not None:
-                    ckpt.save(strategy, i)
-            row: dict[str, float] = {}
-            for j, other in enumerate(scenario):
-                todo = [m for m in metrics if (i, other.name, m) not in done]
-                if j not in truth:
-                    truth[j] = (other.test.labels, other.test.masks())
-                if todo:
-                    bar.set_postfix_str(f"eval {other.name}")
-                    pred = strategy.predict(other.test, task_id=j if strategy.task_aware else None)
-                    values = evaluate(pred, *truth[j], [m for m in todo if m != ROUTING_METRIC], other.name,
-                                      pixel_gt=other.test.has_pixel_gt, logged=logged)
-                    if ROUTING_METRIC in todo:
-                        values[ROUTING_METRIC] = (_routing_accuracy(pred, other.task_id) if j <= i
-                                                  else float("nan"))
-                    _record_extras(run_dir, i, j, task.name, other, pred, *truth[j])
-                    if i == t - 1:
-                        pooled.append(_pooled_sample(pred, *truth[j], other.test.has_pixel_gt))
-                    store.append([(i, task.name, other.name, m, v) for m, v in values.items()])
-                    row.update({f"{m}/{other.name}": v for m, v in values.items()})
-                bar.update(1)
-            wb.log_row(i, row)
-        bar.close()
-        cells = store.cells()
-        baselines = {m: [chance_baseline(m, *truth[j]) if m in METRIC_FUNCTIONS else float("nan")
-                         for j in range(t)] for m in metrics}
-        summary = write_tables(run_dir, cells, names, metrics, strategy.task_aware, baselines)
-        matrices = {m: matrix(cells, m, names) for m in metrics}
-        plots = []
-        aware = "task-aware" if strategy.task_aware else "task-agnostic"
-        if strategy.routes:
-            aware += ", routed"
-        for m, R in matrices.items():
-            title = f"{m} | {strategy.model.name} {strategy.regime} ({aware})"
-            plots.append(matrix_heatmap(R, m, run_dir / "plots" / f"matrix_{m}.png", title))
-            plots.append(forgetting_curves(R, m, run_dir / "plots" / f"forgetting_{m}.png", title))
-        if pooled:
-            _record_global_threshold(run_dir, t - 1, names[-1], pooled)
-        plots += _finish_extras(run_dir)
-        if save_model:
-            from .deploy import save_strategy
+    return RunContext(run_dir, name, settings, metrics, strategy, scenario, store, done)
 
-            final = load_thresholds(run_dir).get(t - 1, {})
-            save_strategy(strategy, run_dir / "model", names,
-                          {k: {kind: v[kind] for kind in ("image", "pixel") if kind in v} for k, v in final.items()},
-                          image_size=scenario[0].test.image_size)
-        wb.log_final(matrices, summary, plots)
-        wandb_dir = wb.directory
-    finally:
-        bar.close()
-        wb.finish()
-    return RunResult(run_dir, matrices, summary, plots, wandb_dir)
+
+def _evaluate_cell(ctx: RunContext, i: int, task: Task, j: int, other: Task, todo: list[str]) -> Cell:
+    """Predict task `other`'s test set with the strategy after task `i` and score the `todo` metrics."""
+    labels, masks = ctx.truth(j)
+    pred = ctx.strategy.predict(other.test, task_id=j if ctx.strategy.task_aware else None)
+    values = evaluate(pred, labels, masks, [m for m in todo if m != ROUTING_METRIC], other.name,
+                      pixel_gt=other.test.has_pixel_gt, logged=ctx.logged)
+    if ROUTING_METRIC in todo:
+        values[ROUTING_METRIC] = _routing_accuracy(pred, other.task_id) if j <= i else float("nan")
+    return Cell(i, j, task, other, pred, labels, masks, values)

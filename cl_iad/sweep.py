@@ -17,7 +17,7 @@ import re
 import time
 import traceback
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -31,21 +31,31 @@ class SweepConfigError(ValueError):
 
 @dataclass(frozen=True)
 class Job:
-    """One run of a sweep: everything needed to rebuild scenario and strategy in another process."""
+    """One run of a sweep: its :class:`~cl_iad.config.Config` (as a plain dict, so it crosses processes)."""
 
     name: str
     out_dir: str
-    dataset: dict
-    order: str
-    model: str
-    model_kwargs: dict
-    strategy: str
-    strategy_kwargs: dict
-    metrics: list[str]
-    wandb: str
+    config: dict
     group: str
-    seed: int = 0
-    extra: dict = field(default_factory=dict)
+
+    @property
+    def order(self) -> str:
+        return self.config["data"]["order"]
+
+    @property
+    def model(self) -> str:
+        return self.config["model"]["name"]
+
+    @property
+    def model_kwargs(self) -> dict:
+        """The sweep entry's model settings (preset included) besides the name."""
+        m = self.config["model"]
+        return {**({"preset": m["preset"]} if m["preset"] is not None else {}),
+                **({"device": m["device"]} if m["device"] is not None else {}), **m["params"]}
+
+    @property
+    def strategy(self) -> str:
+        return self.config["strategy"]["name"]
 
 
 def _expand_orders(orders) -> list[str]:
@@ -109,7 +119,9 @@ DATASET_KEYS = ("dataset", "root", "categories", "n_tasks", "image_size", "group
 
 
 def expand(cfg: dict, out_dir: Path | str) -> list[Job]:
-    """All jobs of a sweep config: orders x models x strategies, in a stable order."""
+    """All jobs of a sweep config: orders x models x strategies, in a stable order, each with its Config."""
+    from .config import Config, ConfigError
+
     unknown = set(cfg) - {*DATASET_KEYS, "name", "models", "strategies", "orders", "metrics", "seed", "wandb",
                           "strategy_kwargs", "resources", "executor", "workers", "description"}
     if unknown:
@@ -125,10 +137,18 @@ def expand(cfg: dict, out_dir: Path | str) -> list[Job]:
                                                          _expand_orders(cfg.get("orders"))):
         preset = mkw.get("preset")
         name = "-".join(_slug(p) for p in (dataset["dataset"], model + (f"_{preset}" if preset else ""), regime, order))
-        jobs.append(Job(name=name, out_dir=str(out_dir), dataset=dataset, order=order, model=model,
-                        model_kwargs=mkw, strategy=regime, strategy_kwargs=dict(cfg.get("strategy_kwargs") or {}),
-                        metrics=metrics, wandb=cfg.get("wandb", "off"), group=str(cfg["name"]),
-                        seed=int(cfg.get("seed", 0))))
+        params = {k: v for k, v in mkw.items() if k not in ("preset", "device")}
+        try:
+            config = Config.from_dict({
+                "data": {**dataset, "order": order},
+                "model": {"name": model, "preset": preset, "params": params, "device": mkw.get("device")},
+                "strategy": {"name": regime, "params": dict(cfg.get("strategy_kwargs") or {})},
+                "run": {"out": str(out_dir), "name": name, "metrics": metrics, "seed": int(cfg.get("seed", 0)),
+                        "wandb": cfg.get("wandb", "off"), "progress": False},
+            }, source=f"sweep {cfg.get('name', '')}".strip())
+        except ConfigError as exc:
+            raise SweepConfigError(str(exc)) from exc
+        jobs.append(Job(name=name, out_dir=str(out_dir), config=config.to_dict(), group=str(cfg["name"])))
     names = [j.name for j in jobs]
     if len(set(names)) != len(names):
         raise SweepConfigError("two sweep entries expand to the same run name; give models distinct presets")
@@ -136,11 +156,11 @@ def expand(cfg: dict, out_dir: Path | str) -> list[Job]:
 
 
 def build_scenario(dataset: dict, order: str, seed: int = 0):
-    """The scenario a job describes."""
-    from .scenarios.streams import build_scenario as build
+    """The scenario of a sweep's dataset keys in one order (see :meth:`cl_iad.config.Config.build_scenario`)."""
+    from .config import Config
 
-    kwargs = {k: v for k, v in dataset.items() if k != "dataset"}
-    return build(dataset.get("dataset", "synthetic"), order=order, seed=seed, **kwargs)
+    return Config.from_dict({"data": {**dataset, "order": order}, "run": {"seed": seed, "progress": False}}
+                            ).build_scenario()
 
 
 def _is_finished(run_dir: Path) -> bool:
@@ -163,14 +183,14 @@ def execute_job(job: Job | dict, threads: int | None = None) -> dict:
         import warnings
 
         warnings.filterwarnings("ignore", category=FutureWarning)
+        from .config import Config
         from .runner import run
-        from .strategies import Strategy, build_model
 
-        scenario = build_scenario(job.dataset, job.order, job.seed)
-        model = build_model(job.model, seed=job.seed, **job.model_kwargs)
-        strategy = Strategy(model, job.strategy, seed=job.seed, **job.strategy_kwargs)
-        run(strategy, scenario, job.out_dir, name=job.name, metrics=job.metrics, wandb=job.wandb, progress=False,
-            wandb_group=job.group, extra_config={"sweep": job.group, "strategy": job.strategy})
+        config = Config.from_dict(job.config)
+        scenario = config.build_scenario()
+        strategy = config.build_strategy(config.build_cache())
+        run(strategy, scenario, **config.run_kwargs(), wandb_group=job.group,
+            extra_config={"sweep": job.group, "strategy": job.strategy})
         (run_dir / "error.txt").unlink(missing_ok=True)
         return {"name": job.name, "status": "done", "seconds": time.perf_counter() - start, "error": ""}
     except Exception as exc:  # noqa: BLE001 - a failed run is recorded and must not stop the sweep

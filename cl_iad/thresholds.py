@@ -7,8 +7,10 @@ image scores and for pixel maps, and report how thresholds drift across training
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -140,3 +142,50 @@ def threshold_drift(history: dict[int, dict[int, dict]], kind: str = "image") ->
         out[j] = {"values": vals, "range": rng,
                   "relative_range": rng / abs(vals[0]) if vals[0] else float("nan")}
     return json_safe(out)
+
+
+# -- RUN_DIR/thresholds.jsonl ---------------------------------------------------------------
+def append_record(run_dir: Path, record: dict) -> None:
+    """Add one record (one cell's thresholds) as a JSON line to ``run_dir/thresholds.jsonl``."""
+    with (Path(run_dir) / "thresholds.jsonl").open("a") as fh:
+        fh.write(json.dumps(json_safe(record)) + "\n")
+
+
+def load_thresholds(run_dir: Path | str) -> dict[int, dict[Any, dict]]:
+    """thresholds.jsonl as history[trained_upto][eval_task_name]; the last record of a cell wins."""
+    history: dict[int, dict] = {}
+    path = Path(run_dir) / "thresholds.jsonl"
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            if line.strip():
+                rec = json.loads(line)
+                history.setdefault(rec["trained_upto"], {})[rec["eval_task"]] = rec
+    return history
+
+
+# -- one threshold for all tasks ------------------------------------------------------------
+PooledSample = tuple[np.ndarray, np.ndarray, "np.ndarray | None", "np.ndarray | None"]
+
+
+def pooled_sample(pred_score: np.ndarray, labels: np.ndarray, anomaly_map: np.ndarray | None, masks: np.ndarray,
+                  has_pixel_gt: bool, pixels: int = 200_000) -> PooledSample:
+    """Scores and labels of one task, and a fixed-seed sample of its pixels, for :func:`pooled_thresholds`."""
+    if anomaly_map is None or not has_pixel_gt:
+        return pred_score, labels, None, None
+    flat_map, flat_gt = anomaly_map.ravel(), masks.ravel()
+    if flat_map.size > pixels:
+        pick = np.random.default_rng(0).choice(flat_map.size, pixels, replace=False)
+        flat_map, flat_gt = flat_map[pick], flat_gt[pick]
+    return pred_score, labels, flat_map, flat_gt
+
+
+def pooled_thresholds(pooled: list[PooledSample]) -> dict:
+    """Image (and, where maps exist, pixel) thresholds fitted on several tasks' samples pooled, for
+    images whose task is unknown at deployment."""
+    rec = fit_task_thresholds(np.concatenate([p[0] for p in pooled]), np.concatenate([p[1] for p in pooled]))
+    with_maps = [p for p in pooled if p[2] is not None]
+    if with_maps:
+        gts = np.concatenate([p[3] for p in with_maps])
+        if gts.any():
+            rec["pixel"] = f1_optimal_threshold(np.concatenate([p[2] for p in with_maps]), gts).__dict__
+    return rec

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from cl_iad.strategies.blur import separable_blur
+from cl_iad.models.ops.blur import separable_blur
 
 
 def test_separable_blur_matches_anomalib_gaussian_blur():
@@ -23,7 +23,7 @@ def test_patchcore_maps_equal_anomalib_generator(tiny_stream, shared_cache):
     from cl_iad.strategies import build_model
 
     model = build_model("patchcore")
-    model.fit(shared_cache.embeddings(model, tiny_stream[0].train))
+    model.fit_features(shared_cache.embeddings(model, tiny_stream[0].train))
     emb = shared_cache.embeddings(model, tiny_stream[0].test)[:4]
     _, ours = model.score(emb, (64, 64))
     flat = model.module.reshape_embedding(emb)

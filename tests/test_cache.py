@@ -9,12 +9,17 @@ import pytest
 import torch
 
 from cl_iad.cache import FeatureCache
+from cl_iad.models.base import AnomalyModel, predictions
 from cl_iad.scenarios import ImageSet
 from cl_iad.strategies import Strategy, build_model
 
 
-class MeanModel:
-    """A stand-in whose 'backbone' is one trainable gain: features are gain * pixel means."""
+class MeanModel(AnomalyModel):
+    """A stand-in whose 'backbone' is one trainable gain: features are gain * pixel means.
+
+    It meets the model contract directly (no base class but the contract's), reading its
+    features through the strategy's cache.
+    """
 
     name = "mean"
     frozen_backbone = True
@@ -22,6 +27,11 @@ class MeanModel:
     def __init__(self) -> None:
         self.gain = 1.0
         self.fitted_ = False
+        self.cache = FeatureCache()
+        self.device = torch.device("cpu")
+
+    def use_cache(self, cache: FeatureCache) -> None:
+        self.cache = cache
 
     @property
     def feature_key(self) -> str:
@@ -34,20 +44,21 @@ class MeanModel:
     def config(self) -> dict:
         return {"model": self.name}
 
-    def fit(self, embeddings: torch.Tensor) -> MeanModel:
+    def fit(self, data, ctx=None) -> MeanModel:
+        embeddings = self.cache.embeddings(self, data)
         self.gain *= 2.0  # training moves the backbone, so features change after every fit
         self.center_ = embeddings.mean(0)
         self.fitted_ = True
         return self
 
-    def score(self, embeddings: torch.Tensor, image_size: tuple[int, int]):
-        d = (embeddings - self.center_).abs().sum(dim=(1, 2, 3))
-        return d, d[:, None, None].expand(-1, *image_size).clone()
+    def predict(self, data):
+        d = (self.cache.embeddings(self, data) - self.center_).abs().sum(dim=(1, 2, 3))
+        return predictions([d], [d[:, None, None].expand(-1, data.image_size, data.image_size).clone()])
 
-    def get_state(self) -> dict:
+    def state_dict(self) -> dict:
         return {"gain": torch.tensor(self.gain), "center": self.center_.clone()}
 
-    def set_state(self, state: dict) -> None:
+    def load_state_dict(self, state: dict) -> None:
         self.gain, self.center_, self.fitted_ = float(state["gain"]), state["center"].clone(), True
 
 

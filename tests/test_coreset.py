@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from cl_iad.strategies.coreset import greedy_coreset_indices
+from cl_iad.models.ops.coreset import greedy_coreset_indices
 
 
 def _anomalib_indices(x: torch.Tensor, ratio: float, seed: int) -> list[int]:

@@ -9,7 +9,8 @@ import torch
 from cl_iad.backbones import WeightsError
 from cl_iad.models.registry import MODEL_INFOS, build_model
 from cl_iad.strategies import Strategy
-from cl_iad.strategies.regularizers import EWC, LwF
+from cl_iad.strategies.ewc import EWC
+from cl_iad.strategies.lwf import LwF
 
 GRADIENT = [i.name for i in MODEL_INFOS if i.trains_by_gradient and i.name != "dsr"]
 
@@ -48,11 +49,11 @@ def test_second_task_changes_the_weights_and_frozen_backbone_stays(name, tiny_st
 def test_state_round_trip_restores_predictions(tiny_stream):
     strategy = Strategy(build_model("stfpm", preset="light"), "naive")
     strategy.fit_task(tiny_stream[0], tiny_stream)
-    state = strategy.model.get_state()
+    state = strategy.model.state_dict()
     before = strategy.predict(tiny_stream[0].test).pred_score
     strategy.fit_task(tiny_stream[1], tiny_stream)
     assert not (strategy.predict(tiny_stream[0].test).pred_score == before).all()
-    strategy.model.set_state(state)
+    strategy.model.load_state_dict(state)
     assert (strategy.predict(tiny_stream[0].test).pred_score == before).all()
 
 
@@ -61,14 +62,14 @@ def test_per_task_restarts_from_the_same_initial_weights(tiny_stream):
     a.fit_task(tiny_stream[0], tiny_stream).fit_task(tiny_stream[1], tiny_stream)
     b = Strategy(build_model("ganomaly", preset="light"), "naive")
     b.fit_task(tiny_stream[1], tiny_stream)  # a fresh model trained on task 1 only
-    for k, v in b.model.get_state().items():
-        assert torch.allclose(a.task_states_[1][k].float(), v.float()), k
+    for k, v in b.model.state_dict().items():
+        assert torch.allclose(a.plugin("per_task").task_states_[1][k].float(), v.float()), k
 
 
 def test_ewc_penalty_is_zero_at_the_anchor_and_grows_away_from_it(tiny_stream):
     strategy = Strategy(build_model("stfpm", preset="light"), "ewc", ewc_lambda=10.0)
     strategy.fit_task(tiny_stream[0], tiny_stream)
-    ewc: EWC = strategy.ewc_
+    ewc: EWC = strategy.plugin("ewc").ewc_
     assert len(ewc.fishers) == 1 and any(f.sum() > 0 for f in ewc.fishers[0])
     assert ewc.penalty(strategy.model).item() == pytest.approx(0.0)
     with torch.no_grad():
@@ -105,7 +106,7 @@ def test_lwf_penalty_is_zero_when_the_model_equals_its_teacher():
 
 
 def test_gradient_regimes_are_refused_for_frozen_feature_models():
-    with pytest.raises(ValueError, match="not available for padim"):
+    with pytest.raises(ValueError, match="regime ewc regularises gradient training, and padim fits from frozen"):
         Strategy(build_model("padim"), "ewc")
 
 
@@ -141,4 +142,4 @@ def test_benchmark_backbones_without_a_weights_file_fail_clearly():
 def test_dfkde_with_too_few_images_for_its_pca_says_so():
     model = build_model("dfkde", n_pca_components=8)
     with pytest.raises(ValueError, match="more than n_pca_components=8"):
-        model.fit(torch.rand(8, 40))
+        model.fit_features(torch.rand(8, 40))

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from cl_iad.models.ops.knn import euclidean_dist, nearest_neighbors
 from cl_iad.strategies import build_model
-from cl_iad.strategies.knn import euclidean_dist, nearest_neighbors
 
 
 @pytest.mark.parametrize("max_elements", [64 * 9, 64 * 50, 2**22])
@@ -30,10 +30,10 @@ def test_blocked_search_equals_full_distance_matrix(max_elements):
 def test_bank_budget_caps_patchcore_memory_bank(tiny_stream, shared_cache):
     capped = build_model("patchcore", max_bank_size=25)
     emb = shared_cache.embeddings(capped, tiny_stream[0].train + tiny_stream[1].train)
-    capped.fit(emb)
-    free = build_model("patchcore").fit(emb)
-    assert capped.get_state()["memory_bank"].shape[0] == 25 < free.get_state()["memory_bank"].shape[0]
+    capped.fit_features(emb)
+    free = build_model("patchcore").fit_features(emb)
+    assert capped.state_dict()["memory_bank"].shape[0] == 25 < free.state_dict()["memory_bank"].shape[0]
     # the budget keeps the greedy order: the capped bank is the first 25 picks of the free one
-    assert torch.equal(capped.get_state()["memory_bank"], free.get_state()["memory_bank"][:25])
+    assert torch.equal(capped.state_dict()["memory_bank"], free.state_dict()["memory_bank"][:25])
     with pytest.raises(ValueError, match="max_bank_size"):
         build_model("patchcore", max_bank_size=0)

@@ -18,7 +18,7 @@ import torch
 from cl_iad.models.registry import MODEL_INFOS, REGISTRY, build_model
 from cl_iad.results import METRICS
 from cl_iad.runner import run
-from cl_iad.strategies import Strategy
+from cl_iad.strategies import Strategy, regimes_for
 
 PIXEL_METRICS = ("pixel_auroc", "pro", "pixel_aupr")
 FAST = {("stfpm", "ewc"), ("stfpm", "lwf"), ("ganomaly", "ewc"), ("draem", "lwf"), ("patchcore", "replay"),
@@ -26,7 +26,7 @@ FAST = {("stfpm", "ewc"), ("stfpm", "lwf"), ("ganomaly", "ewc"), ("draem", "lwf"
 CASES = [
     pytest.param(info.name, regime, id=f"{info.name}-{regime}",
                  marks=() if regime == "naive" or (info.name, regime) in FAST else pytest.mark.slow)
-    for info in MODEL_INFOS for regime in info.regimes
+    for info in MODEL_INFOS for regime in regimes_for(info)
 ]
 
 

@@ -33,7 +33,7 @@ def test_region_features_have_one_row_per_proposal():
 def test_a_defect_raises_the_worst_region_score(tiny_stream):
     model = build_model("rkde", preset="light")
     train = torch.stack([tiny_stream[0].train[i]["image"] for i in range(len(tiny_stream[0].train))])
-    model.fit(model.extract(train))
+    model.fit_features(model.extract(train))
     clean = train[:4]
     damaged = clean.clone()
     damaged[:, :, 20:36, 20:36] = torch.tensor([1.0, 0.0, 1.0]).view(1, 3, 1, 1)  # a magenta blot

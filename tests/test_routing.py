@@ -15,13 +15,13 @@ import torch
 
 from cl_iad.models.registry import MODEL_INFOS, REGISTRY, build_model
 from cl_iad.runner import ROUTING_METRIC, run
-from cl_iad.strategies import Strategy
+from cl_iad.strategies import Strategy, regimes_for
 from cl_iad.strategies.router import FeatureStatsRouter
 
 PIXEL_METRICS = ("pixel_auroc", "pro", "pixel_aupr")
 IMAGE_METRICS = ("image_auroc", "image_aupr")
 # every model that can route: per_task is in its regimes and its features are frozen
-ROUTABLE = [info.name for info in MODEL_INFOS if "per_task" in info.regimes and not info.trains_by_gradient]
+ROUTABLE = [info.name for info in MODEL_INFOS if "per_task" in regimes_for(info) and not info.trains_by_gradient]
 # how each routable model's embedding is laid out; the reference pooling below follows it
 LAYOUT = {"dfkde": "vector", "dfm": "channels_first", "padim": "channels_first", "patchcore": "channels_first",
           "rkde": "regions"}

@@ -9,7 +9,6 @@ import socket
 import numpy as np
 import pytest
 import torch
-
 from conftest import _is_loopback
 
 

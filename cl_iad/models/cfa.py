@@ -34,6 +34,17 @@ class CFA(GradientModel):
     """
 
     name = "cfa"
+    title = "CFA"
+    presets: ClassVar[dict] = {"benchmark": {"backbone": "wide_resnet50_2",
+                                             "gamma_c": 1,
+                                             "gamma_d": 1,
+                                             "num_nearest_neighbors": 3,
+                                             "num_hard_negative_features": 3,
+                                             "radius": 1e-05,
+                                             "epochs": 30,
+                                             "batch_size": 32},
+                               "light": {"epochs": 1, "batch_size": 8}}
+    notes = "centroids re-initialised from each task's images; descriptor trained by gradient"
     family = "memory bank"
     default_epochs = 30
     hp_defaults: ClassVar[dict] = {"gamma_c": 1, "gamma_d": 1, "num_nearest_neighbors": 3, "num_hard_negative_features": 3,

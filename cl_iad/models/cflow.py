@@ -22,6 +22,15 @@ class CFLOW(GradientModel):
     """
 
     name = "cflow"
+    title = "CFLOW"
+    presets: ClassVar[dict] = {"benchmark": {"backbone": "wide_resnet50_2",
+                                             "layers": ["layer2", "layer3"],
+                                             "epochs": 50,
+                                             "batch_size": 32},
+                               "light": {"epochs": 1,
+                                         "batch_size": 8,
+                                         "coupling_blocks": 2,
+                                         "condition_vector": 32}}
     family = "normalizing flow"
     default_epochs = 50
     default_lr = 1e-4

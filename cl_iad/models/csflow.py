@@ -65,6 +65,19 @@ class CSFlow(GradientModel):
     """
 
     name = "csflow"
+    title = "CS-Flow"
+    presets: ClassVar[dict] = {"benchmark": {"backbone": "wide_resnet50_2",
+                                             "layers": ["layer3"],
+                                             "cross_conv_hidden_channels": 1024,
+                                             "n_coupling_blocks": 4,
+                                             "clamp": 3,
+                                             "epochs": 240,
+                                             "batch_size": 16},
+                               "light": {"epochs": 1,
+                                         "batch_size": 8,
+                                         "cross_conv_hidden_channels": 32,
+                                         "n_coupling_blocks": 2}}
+    notes = "anomalib's EfficientNet-B5 extractor needs a download; one stage of our backbone instead"
     family = "normalizing flow"
     default_epochs = 240
     default_lr = 2e-4

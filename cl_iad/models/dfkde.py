@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 import torch.nn.functional as F
 
-from ..strategies.models import FrozenFeatureModel
+from .frozen import FrozenFeatureModel
 from .offline import assign_tensors
 
 
@@ -13,6 +15,12 @@ class DFKDE(FrozenFeatureModel):
     """DFKDE via anomalib's ``KDEClassifier``; a classification model, so no anomaly map."""
 
     name = "dfkde"
+    title = "DFKDE"
+    presets: ClassVar[dict] = {"benchmark": {"backbone": "resnet18",
+                                             "layers": ["layer3"],
+                                             "n_pca_components": 16},
+                               "light": {"n_pca_components": 4}}
+    notes = "image scores only; pixel metrics NaN"
     family = "density/statistical"
     task_type = "classification"
     default_layer_picks = (2,)
@@ -46,7 +54,7 @@ class DFKDE(FrozenFeatureModel):
         pooled = [F.adaptive_avg_pool2d(f, 1).flatten(1) for f in outputs.values()]
         return torch.cat(pooled, dim=1)
 
-    def fit(self, embeddings: torch.Tensor) -> DFKDE:
+    def fit_features(self, embeddings: torch.Tensor) -> DFKDE:
         if len(embeddings) <= self.n_pca_components:
             # n images span at most n-1 centred directions: the KDE covariance would be singular.
             raise ValueError(
@@ -63,9 +71,9 @@ class DFKDE(FrozenFeatureModel):
         self._require_fitted()
         return self.module.classifier(embeddings.clone()), None
 
-    def get_state(self):
+    def state_dict(self):
         return {k: v.clone() for k, v in self.module.classifier.state_dict().items()}
 
-    def set_state(self, state):
-        assign_tensors(self.module.classifier, state)
+    def load_state_dict(self, state):
+        assign_tensors(self.module.classifier, state, self.device)
         self.fitted_ = True

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 import torch.nn.functional as F
 
-from ..strategies.models import FrozenFeatureModel
+from .frozen import FrozenFeatureModel
 from .offline import assign_tensors
 
 
@@ -13,6 +15,13 @@ class DFM(FrozenFeatureModel):
     """DFM via anomalib's ``DFMModel`` (its PCA and Gaussian); fitting is our explicit ``fit``."""
 
     name = "dfm"
+    title = "DFM"
+    presets: ClassVar[dict] = {"benchmark": {"backbone": "resnet50",
+                                             "layers": ["layer3"],
+                                             "pooling_kernel_size": 4,
+                                             "n_comps": 0.97,
+                                             "score_type": "fre"},
+                               "light": {"pooling_kernel_size": 2}}
     family = "density/statistical"
     task_type = "segmentation"
     default_layer_picks = (2,)
@@ -50,7 +59,7 @@ class DFM(FrozenFeatureModel):
             features = F.avg_pool2d(features, kernel_size=self.pooling_kernel_size)
         return features
 
-    def fit(self, embeddings: torch.Tensor) -> DFM:
+    def fit_features(self, embeddings: torch.Tensor) -> DFM:
         m = self.module
         flat = embeddings.reshape(len(embeddings), -1)
         m.pca_model.fit(flat)
@@ -69,13 +78,13 @@ class DFM(FrozenFeatureModel):
         amap = F.interpolate(amap, size=image_size, mode="bilinear", align_corners=False)
         return score, amap.reshape(len(embeddings), *image_size)
 
-    def get_state(self):
+    def state_dict(self):
         m = self.module
         state = {f"pca_model.{k}": v.clone() for k, v in m.pca_model.state_dict().items()}
         if self.score_type == "nll":
             state.update({f"gaussian_model.{k}": v.clone() for k, v in m.gaussian_model.state_dict().items()})
         return state
 
-    def set_state(self, state):
-        assign_tensors(self.module, state)
+    def load_state_dict(self, state):
+        assign_tensors(self.module, state, self.device)
         self.fitted_ = True

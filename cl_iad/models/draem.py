@@ -43,6 +43,16 @@ class DRAEM(GradientModel):
     """
 
     name = "draem"
+    title = "DRAEM"
+    presets: ClassVar[dict] = {"benchmark": {"epochs": 700,
+                                             "batch_size": 8,
+                                             "anomaly_source": "dtd",
+                                             "dtd_dir": "datasets/dtd/images"},
+                               "light": {"epochs": 1,
+                                         "batch_size": 8,
+                                         "recon_width": 16,
+                                         "disc_width": 16}}
+    notes = "anomaly source: DTD folder if given, else Perlin noise (or our synthetic textures)"
     family = "reconstruction"
     default_epochs = 700
     uses_backbone = False

@@ -29,6 +29,13 @@ class DSR(GradientModel):
     """
 
     name = "dsr"
+    title = "DSR"
+    presets: ClassVar[dict] = {"benchmark": {"epochs": 700,
+                                             "batch_size": 8,
+                                             "vq_weights": "weights/vq_model_pretrained_128_4096.pckl"},
+                               "light": {"epochs": 1, "batch_size": 8}}
+    notes = ("cannot train without its pretrained VQ-VAE weights file (vq_weights=...); no offline "
+             "fallback")
     family = "reconstruction"
     default_epochs = 700
     uses_backbone = False

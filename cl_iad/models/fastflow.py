@@ -19,6 +19,17 @@ class FastFlow(GradientModel):
     """
 
     name = "fastflow"
+    title = "FastFlow"
+    presets: ClassVar[dict] = {"benchmark": {"backbone": "resnet18",
+                                             "flow_steps": 8,
+                                             "hidden_ratio": 1.0,
+                                             "conv3x3_only": False,
+                                             "epochs": 500,
+                                             "batch_size": 32},
+                               "light": {"epochs": 1,
+                                         "batch_size": 8,
+                                         "flow_steps": 2,
+                                         "hidden_ratio": 0.5}}
     family = "normalizing flow"
     default_epochs = 500
     hp_defaults: ClassVar[dict] = {"flow_steps": 8, "conv3x3_only": False, "hidden_ratio": 1.0, "weight_decay": 1e-5}

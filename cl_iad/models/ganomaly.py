@@ -19,6 +19,17 @@ class GANomaly(GradientModel):
     """
 
     name = "ganomaly"
+    title = "GANomaly"
+    presets: ClassVar[dict] = {"benchmark": {"n_features": 64,
+                                             "latent_vec_size": 100,
+                                             "epochs": 100,
+                                             "batch_size": 32},
+                               "light": {"epochs": 1,
+                                         "batch_size": 8,
+                                         "n_features": 16,
+                                         "latent_vec_size": 32}}
+    notes = ("the benchmark table lists it under segmentation, but it gives no anomaly map: pixel "
+             "metrics NaN")
     family = "reconstruction"
     default_epochs = 100
     task_type = "classification"

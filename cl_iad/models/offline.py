@@ -72,7 +72,7 @@ def normaliser(backbone: str) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.tensor(spec.mean).view(1, 3, 1, 1), torch.tensor(spec.std).view(1, 3, 1, 1)
 
 
-def assign_tensors(module: nn.Module, state: dict[str, torch.Tensor]) -> None:
+def assign_tensors(module: nn.Module, state: dict[str, torch.Tensor], device: torch.device | None = None) -> None:
     """Set (possibly reshaped) buffers by dotted name, where ``load_state_dict`` would refuse.
 
     Fitted statistics (PCA bases, KDE datasets) change shape with the data, so their
@@ -83,4 +83,4 @@ def assign_tensors(module: nn.Module, state: dict[str, torch.Tensor]) -> None:
         *path, leaf = name.split(".")
         for part in path:
             owner = getattr(owner, part)
-        setattr(owner, leaf, value.clone())
+        setattr(owner, leaf, value.clone() if device is None else value.to(device, copy=True))

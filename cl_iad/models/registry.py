@@ -1,39 +1,44 @@
-"""The registry of the 15 benchmarked models: family, task type, regimes, presets.
+"""The model registry: what each model declares about itself, found where it is defined.
 
-Each model lives in its own file (``cl_iad/models/<name>.py``; PatchCore and PaDiM in
-``cl_iad/strategies/models.py``) and is imported only when built. Constructor defaults are the
-benchmark hyper-parameters, except the backbone, which defaults to the EfficientNet-Lite0
-weights that ship with the package (the benchmark backbones need a weights file offline).
+Each model lives in ``cl_iad/models/<name>.py`` and declares its name, title, family, task
+type, presets and notes once, as class attributes of an
+:class:`~cl_iad.models.base.AnomalyModel` subclass. The registry reads them: ``model_info(name)``
+imports only that model's file, and ``MODEL_INFOS`` (every model, for ``cl-iad models``)
+imports every file in this package that defines a model. Adding a model is therefore one new
+file (and its test); nothing here changes.
 
 Presets are named sets of constructor arguments:
 
-* ``benchmark``: the settings of our single-task MVTec AD table (backbone included; needs
-  ``--weights`` for ResNet backbones, and a GPU for reasonable run times);
+* ``benchmark``: the settings of our single-task MVTec AD table (backbone included);
 * ``light``: small networks, one or two epochs on the default backbone, for CPU runs and tests.
 """
 
 from __future__ import annotations
 
+import pkgutil
 from dataclasses import dataclass, field
 from importlib import import_module
 from typing import Any
 
-from ..strategies.base import GRADIENT_REGIMES, REGIMES
+from .base import FAMILIES, TASK_TYPES, AnomalyModel
 
-FAMILIES = ("memory bank", "density/statistical", "normalizing flow", "reconstruction", "teacher-student")
-TASK_TYPES = ("segmentation", "detection", "classification")
+__all__ = ["FAMILIES", "MODEL_INFOS", "REGISTRY", "TASK_TYPES", "ModelInfo", "build_model", "model_info",  # noqa: F822
+           "preset_kwargs"]
+
+# Modules of this package that hold no model of their own.
+_NOT_MODELS = frozenset({"base", "frozen", "trainable", "offline", "registry", "ops"})
 
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """What the registry knows about one model."""
+    """What the registry knows about one model (read from its class)."""
 
     name: str
     title: str
-    target: str  # "module:Class", imported lazily
+    target: str  # "module:Class"
     family: str
     task_type: str
-    regimes: tuple[str, ...]
+    trains_by_gradient: bool
     presets: dict[str, dict[str, Any]] = field(default_factory=dict)
     notes: str = ""
 
@@ -41,81 +46,36 @@ class ModelInfo:
         module, cls = self.target.split(":")
         return getattr(import_module(module), cls)
 
-    @property
-    def trains_by_gradient(self) -> bool:
-        return "ewc" in self.regimes
+    @classmethod
+    def of(cls, model_cls: type) -> ModelInfo:
+        return cls(model_cls.name, model_cls.title or model_cls.name, f"{model_cls.__module__}:{model_cls.__name__}",
+                   model_cls.family, model_cls.task_type, model_cls.trains_by_gradient, dict(model_cls.presets),
+                   model_cls.notes)
 
 
-def _frozen(name, title, target, family, task_type, benchmark, light=None, notes=""):
-    return ModelInfo(name, title, target, family, task_type, REGIMES,
-                     {"benchmark": benchmark, "light": light or {}}, notes)
+def _models_in(module_name: str) -> list[type]:
+    """The model classes defined (not imported) in one module of this package."""
+    module = import_module(f"{__package__}.{module_name}")
+    return [obj for obj in vars(module).values()
+            if isinstance(obj, type) and issubclass(obj, AnomalyModel) and obj.__module__ == module.__name__
+            and "name" in vars(obj)]
 
 
-def _gradient(name, title, target, family, task_type, benchmark, light, notes=""):
-    return ModelInfo(name, title, target, family, task_type, GRADIENT_REGIMES,
-                     {"benchmark": benchmark, "light": {"epochs": 1, "batch_size": 8, **light}}, notes)
+def _all_infos() -> tuple[ModelInfo, ...]:
+    names = sorted(m.name for m in pkgutil.iter_modules(import_module(__package__).__path__)
+                   if m.name not in _NOT_MODELS and not m.name.startswith("_"))
+    return tuple(ModelInfo.of(cls) for n in names for cls in _models_in(n))
 
 
-_S = "cl_iad.strategies.models"
-_M = "cl_iad.models"
-MODEL_INFOS: tuple[ModelInfo, ...] = (
-    _gradient("cfa", "CFA", f"{_M}.cfa:CFA", "memory bank", "segmentation",
-              {"backbone": "wide_resnet50_2", "gamma_c": 1, "gamma_d": 1, "num_nearest_neighbors": 3,
-               "num_hard_negative_features": 3, "radius": 1e-5, "epochs": 30, "batch_size": 32},
-              {}, "centroids re-initialised from each task's images; descriptor trained by gradient"),
-    _gradient("cflow", "CFLOW", f"{_M}.cflow:CFLOW", "normalizing flow", "segmentation",
-              {"backbone": "wide_resnet50_2", "layers": ["layer2", "layer3"], "epochs": 50, "batch_size": 32},
-              {"coupling_blocks": 2, "condition_vector": 32}),
-    _gradient("csflow", "CS-Flow", f"{_M}.csflow:CSFlow", "normalizing flow", "segmentation",
-              {"backbone": "wide_resnet50_2", "layers": ["layer3"], "cross_conv_hidden_channels": 1024,
-               "n_coupling_blocks": 4, "clamp": 3, "epochs": 240, "batch_size": 16},
-              {"cross_conv_hidden_channels": 32, "n_coupling_blocks": 2},
-              "anomalib's EfficientNet-B5 extractor needs a download; one stage of our backbone instead"),
-    _frozen("dfkde", "DFKDE", f"{_M}.dfkde:DFKDE", "density/statistical", "classification",
-            {"backbone": "resnet18", "layers": ["layer3"], "n_pca_components": 16},
-            {"n_pca_components": 4}, "image scores only; pixel metrics NaN"),
-    _frozen("dfm", "DFM", f"{_M}.dfm:DFM", "density/statistical", "segmentation",
-            {"backbone": "resnet50", "layers": ["layer3"], "pooling_kernel_size": 4, "n_comps": 0.97,
-             "score_type": "fre"}, {"pooling_kernel_size": 2}),
-    _gradient("draem", "DRAEM", f"{_M}.draem:DRAEM", "reconstruction", "segmentation",
-              {"epochs": 700, "batch_size": 8, "anomaly_source": "dtd", "dtd_dir": "datasets/dtd/images"},
-              {"recon_width": 16, "disc_width": 16},
-              "anomaly source: DTD folder if given, else Perlin noise (or our synthetic textures)"),
-    _gradient("dsr", "DSR", f"{_M}.dsr:DSR", "reconstruction", "segmentation",
-              {"epochs": 700, "batch_size": 8, "vq_weights": "weights/vq_model_pretrained_128_4096.pckl"},
-              {},
-              "cannot train without its pretrained VQ-VAE weights file (vq_weights=...); no offline fallback"),
-    _gradient("fastflow", "FastFlow", f"{_M}.fastflow:FastFlow", "normalizing flow", "segmentation",
-              {"backbone": "resnet18", "flow_steps": 8, "hidden_ratio": 1.0, "conv3x3_only": False, "epochs": 500,
-               "batch_size": 32}, {"flow_steps": 2, "hidden_ratio": 0.5}),
-    _gradient("ganomaly", "GANomaly", f"{_M}.ganomaly:GANomaly", "reconstruction", "classification",
-              {"n_features": 64, "latent_vec_size": 100, "epochs": 100, "batch_size": 32},
-              {"n_features": 16, "latent_vec_size": 32},
-              "the benchmark table lists it under segmentation, but it gives no anomaly map: pixel metrics NaN"),
-    _frozen("padim", "PaDiM", f"{_S}:Padim", "density/statistical", "segmentation",
-            {"backbone": "resnet18", "layers": ["layer1", "layer2", "layer3"]}),
-    _frozen("patchcore", "PatchCore", f"{_S}:PatchCore", "memory bank", "segmentation",
-            {"backbone": "wide_resnet50_2", "layers": ["layer2", "layer3"], "coreset_ratio": 0.1,
-             "num_neighbors": 9}),
-    _gradient("reverse_distillation", "Reverse Distillation", f"{_M}.reverse_distillation:ReverseDistillation",
-              "teacher-student", "segmentation",
-              {"backbone": "wide_resnet50_2", "layers": ["layer1", "layer2", "layer3"], "epochs": 200,
-               "batch_size": 32}, {},
-              "non-ResNet backbones are lifted to ResNet widths by fixed orthonormal projections"),
-    _frozen("rkde", "RKDE", f"{_M}.rkde:RKDE", "density/statistical", "detection",
-            {"backbone": "resnet18", "layers": ["layer2", "layer3"], "proposer": "faster_rcnn",
-             "proposer_weights": "weights/fasterrcnn_resnet50_fpn.pth", "n_pca_components": 16},
-            {"n_pca_components": 8},
-            "region scores only (boxes, no pixel map): pixel metrics NaN; offline grid proposer by default"),
-    _gradient("stfpm", "STFPM", f"{_M}.stfpm:STFPM", "teacher-student", "segmentation",
-              {"backbone": "resnet18", "layers": ["layer1", "layer2", "layer3"], "epochs": 100, "batch_size": 32},
-              {}),
-    _gradient("uflow", "U-Flow", f"{_M}.uflow:UFlow", "normalizing flow", "segmentation",
-              {"backbone": "wide_resnet50_2", "flow_steps": 4, "epochs": 200, "batch_size": 32},
-              {"flow_steps": 1},
-              "anomalib's default extractor (two CaiT nets) needs downloads; ResNet-style extractor instead"),
-)
-REGISTRY: dict[str, ModelInfo] = {info.name: info for info in MODEL_INFOS}
+def __getattr__(attr: str):
+    # MODEL_INFOS and REGISTRY import every model file, so they are built on first use only.
+    if attr == "MODEL_INFOS":
+        return _all_infos()
+    if attr == "REGISTRY":
+        return {info.name: info for info in _all_infos()}
+    raise AttributeError(f"module {__name__!r} has no attribute {attr!r}")
+
+
 ALIASES = {"rd": "reverse_distillation", "reverse-distillation": "reverse_distillation", "cs-flow": "csflow",
            "u-flow": "uflow", "cs_flow": "csflow", "u_flow": "uflow"}
 
@@ -123,10 +83,15 @@ ALIASES = {"rd": "reverse_distillation", "reverse-distillation": "reverse_distil
 def model_info(name: str) -> ModelInfo:
     """The registry entry for `name` (case-insensitive; a few aliases such as 'rd')."""
     key = ALIASES.get(name.lower(), name.lower())
-    try:
-        return REGISTRY[key]
-    except KeyError:
-        raise ValueError(f"unknown model {name!r}; choose from {', '.join(REGISTRY)} (see 'cl-iad models')") from None
+    if key.isidentifier() and key not in _NOT_MODELS:
+        try:
+            found = [cls for cls in _models_in(key) if cls.name == key]
+        except ModuleNotFoundError:
+            found = []
+        if found:
+            return ModelInfo.of(found[0])
+    names = ", ".join(info.name for info in _all_infos())
+    raise ValueError(f"unknown model {name!r}; choose from {names} (see 'cl-iad models')")
 
 
 def preset_kwargs(name: str, preset: str | None) -> dict[str, Any]:

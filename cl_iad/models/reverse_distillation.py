@@ -43,6 +43,13 @@ class ReverseDistillation(GradientModel):
     """anomalib's ``ReverseDistillationModel``; exact for ResNet backbones, lifted otherwise."""
 
     name = "reverse_distillation"
+    title = "Reverse Distillation"
+    presets: ClassVar[dict] = {"benchmark": {"backbone": "wide_resnet50_2",
+                                             "layers": ["layer1", "layer2", "layer3"],
+                                             "epochs": 200,
+                                             "batch_size": 32},
+                               "light": {"epochs": 1, "batch_size": 8}}
+    notes = "non-ResNet backbones are lifted to ResNet widths by fixed orthonormal projections"
     family = "teacher-student"
     default_epochs = 200
     default_lr = 0.005

@@ -22,12 +22,13 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 from torch import nn
 
 from ..backbones import WeightsError
-from ..strategies.models import FrozenFeatureModel
+from .frozen import FrozenFeatureModel
 from .offline import assign_tensors
 
 log = logging.getLogger(__name__)
@@ -128,6 +129,15 @@ class RKDE(FrozenFeatureModel):
     """Region proposals + deep region features + KDE over normal regions (detection)."""
 
     name = "rkde"
+    title = "RKDE"
+    presets: ClassVar[dict] = {"benchmark": {"backbone": "resnet18",
+                                             "layers": ["layer2", "layer3"],
+                                             "proposer": "faster_rcnn",
+                                             "proposer_weights": "weights/fasterrcnn_resnet50_fpn.pth",
+                                             "n_pca_components": 16},
+                               "light": {"n_pca_components": 8}}
+    notes = ("region scores only (boxes, no pixel map): pixel metrics NaN; offline grid proposer by "
+             "default")
     family = "density/statistical"
     task_type = "detection"
     default_layer_picks = (1, 2)
@@ -190,7 +200,7 @@ class RKDE(FrozenFeatureModel):
                              f"{tuple(embeddings.shape)}; pass what RKDE.extract returns")
         return embeddings.float().mean(dim=1)
 
-    def fit(self, embeddings: torch.Tensor) -> RKDE:
+    def fit_features(self, embeddings: torch.Tensor) -> RKDE:
         flat = embeddings.reshape(-1, embeddings.shape[-1]).clone()
         if len(flat) < self.n_pca_components:
             raise ValueError(f"RKDE has {len(flat)} training regions, fewer than n_pca_components="
@@ -212,9 +222,9 @@ class RKDE(FrozenFeatureModel):
     def score(self, embeddings, image_size):
         return self.region_scores(embeddings).amax(dim=1), None
 
-    def get_state(self):
+    def state_dict(self):
         return {k: v.clone() for k, v in self.module.classifier.state_dict().items()}
 
-    def set_state(self, state):
-        assign_tensors(self.module.classifier, state)
+    def load_state_dict(self, state):
+        assign_tensors(self.module.classifier, state, self.device)
         self.fitted_ = True

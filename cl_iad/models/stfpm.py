@@ -14,6 +14,12 @@ class STFPM(GradientModel):
     """anomalib's ``STFPMModel``; the teacher gets our resolved weights, the student starts random."""
 
     name = "stfpm"
+    title = "STFPM"
+    presets: ClassVar[dict] = {"benchmark": {"backbone": "resnet18",
+                                             "layers": ["layer1", "layer2", "layer3"],
+                                             "epochs": 100,
+                                             "batch_size": 32},
+                               "light": {"epochs": 1, "batch_size": 8}}
     family = "teacher-student"
     default_epochs = 100
     default_lr = 0.4

@@ -2,8 +2,8 @@
 
 Each subclass wraps one anomalib 2.7 torch model (the ``nn.Module`` in its ``torch_model.py``)
 and supplies the pieces anomalib's Lightning module would: its training loss, its optimiser
-and, for the continual regimes, the outputs that LwF distils. We own the loop (see
-:class:`cl_iad.strategies.gradient.GradientStrategy`) instead of anomalib's Lightning
+and, for the continual regimes, the outputs that LwF distils. We own the loop (:meth:`fit`)
+instead of anomalib's Lightning
 ``Engine``: the Engine rebuilds optimisers, callbacks and loggers per ``fit`` call, gives no hook
 for adding a regularisation term to a model's loss, and costs several seconds of start-up per
 task on CPU, which at 64x64 is longer than the training itself.
@@ -14,25 +14,26 @@ Conventions:
   image size is known (several models size layers from it: FastFlow, U-Flow, CS-Flow, GANomaly).
 * Optimisers are created afresh at the start of every task (``begin_task``), as a Lightning
   ``fit`` per task would; so the full learned state after a task is the module's state dict
-  (weights, buffers, fitted statistics such as CFA's centroids), which :meth:`get_state` returns.
+  (weights, buffers, fitted statistics such as CFA's centroids), which :meth:`state_dict` returns.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import DataLoader
 
 from ..backbones import DEFAULT_BACKBONE, backbone_spec, weights_tag
+from .base import AnomalyModel, FitContext, Penalty, Predictions, predictions, resolve_device
 
 log = logging.getLogger(__name__)
 
-Extra = Callable[[torch.Tensor], torch.Tensor]  # images -> a scalar loss term added by a regime
+Extra = Penalty  # images -> a scalar loss term added by a regime
 
 
 def freeze(module: nn.Module) -> nn.Module:
@@ -53,12 +54,11 @@ def as_maps(amap: torch.Tensor | None, size: tuple[int, int]) -> torch.Tensor | 
     return amap[:, 0]
 
 
-class GradientModel:
+class GradientModel(AnomalyModel):
     """An anomalib torch model trained by gradient descent, task after task."""
 
-    name = "base"
     family = "normalizing flow"
-    task_type = "segmentation"
+    trains_by_gradient = True
     uses_backbone = True
     default_layer_picks: tuple[int, ...] = (0, 1, 2)
     # hyper-parameter name -> default; subclasses extend it
@@ -68,7 +68,7 @@ class GradientModel:
 
     def __init__(self, backbone: str = DEFAULT_BACKBONE, weights: str | Path | None = None,
                  layers: list[str] | None = None, epochs: int | None = None, lr: float | None = None,
-                 batch_size: int = 8, seed: int = 0, device: str = "cpu", **hp: Any) -> None:
+                 batch_size: int = 8, seed: int = 0, device: str | torch.device | None = "auto", **hp: Any) -> None:
         unknown = sorted(set(hp) - set(self.hp_defaults))
         if unknown:
             raise ValueError(f"{self.name} has no hyper-parameter(s) {unknown}; "
@@ -88,11 +88,12 @@ class GradientModel:
         self.lr = self.default_lr if lr is None else lr
         self.batch_size = batch_size
         self.seed = seed
-        self.device = torch.device(device)
+        self.device = resolve_device(device)
         self.hp = {**self.hp_defaults, **hp}
         self.module: nn.Module | None = None
         self.image_size_: int | None = None
         self.optimizers_: list[torch.optim.Optimizer] = []
+        self.losses_: dict[int, list[float]] = {}
         self.fitted_ = False
 
     # -- construction -------------------------------------------------------------------
@@ -113,13 +114,27 @@ class GradientModel:
             self._std = torch.tensor(spec.std, device=self.device).view(1, 3, 1, 1)
         return self
 
+    def prepare(self, image_size: int) -> GradientModel:
+        """The contract's name for :meth:`setup`."""
+        return self.setup(image_size)
+
+    def to(self, device: str | torch.device) -> GradientModel:
+        """Move the module (if built) and everything built from it to `device`."""
+        self.device = torch.device(device)
+        if self.module is not None:
+            self.module.to(self.device)
+            if self.uses_backbone:
+                self._mean, self._std = self._mean.to(self.device), self._std.to(self.device)
+            self.optimizers_ = []  # optimisers hold state on the old device; begin_task makes new ones
+        return self
+
     def _build(self, image_size: int) -> nn.Module:
         raise NotImplementedError
 
     def config(self) -> dict:
         """Settings that define this model, for config.json."""
-        base = {"model": self.name, "device": str(self.device), "epochs": self.epochs, "lr": self.lr, "batch_size": self.batch_size,
-                "seed": self.seed, **self.hp}
+        base = {"model": self.name, "device": str(self.device), "epochs": self.epochs, "lr": self.lr,
+                "batch_size": self.batch_size, "seed": self.seed, **self.hp}
         if self.uses_backbone:
             base.update(backbone=self.backbone, weights=weights_tag(self.weights), layers=list(self.layers))
         return base
@@ -177,8 +192,50 @@ class GradientModel:
         opt.step()
         return float(loss.detach())
 
+    # -- the contract: fit and predict a whole image set -------------------------------------
+    def fit(self, data, ctx: FitContext | None = None) -> GradientModel:
+        """Continue training for ``epochs`` epochs on `data`, adding ``ctx.penalty`` to the loss.
+
+        Batches are shuffled by a generator seeded from (ctx.seed, ctx.task_id), and the global
+        random state (augmentations, flows' noise) is seeded from the same pair for the whole
+        fit, ``ctx.on_trained`` callbacks included, so a task trains identically whether the
+        run started at task 0 or resumed at it.
+        """
+        ctx = ctx or FitContext()
+        self.setup(data.image_size)
+        seed = ctx.seed * 1000 + ctx.task_id
+        loader = DataLoader(data, batch_size=self.batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed))
+        losses: list[float] = []
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            self.begin_task(DataLoader(data, batch_size=self.batch_size, shuffle=False))
+            self.train_mode()
+            total = self.epochs * len(loader)
+            for _ in range(self.epochs):
+                for batch in loader:
+                    losses.append(self.train_step(batch["image"], ctx.penalty, len(losses), total))
+            self.fitted_ = True
+            for callback in ctx.on_trained:
+                callback(self)
+        self.losses_[ctx.task_id] = losses
+        if losses and not all(torch.isfinite(torch.tensor(losses))):
+            raise FloatingPointError(f"{self.name} training diverged on task {ctx.task_id} (loss {losses[-1]}); "
+                                     "lower lr or check the inputs")
+        log.info("task %d: trained %s for %d epochs on %d images", ctx.task_id, self.name, self.epochs, len(data))
+        return self
+
     @torch.no_grad()
-    def predict(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def predict(self, data) -> Predictions:
+        """Scores and maps for every image of `data`, in batches of `batch_size`."""
+        scores, maps = [], []
+        for batch in DataLoader(data, batch_size=self.batch_size, shuffle=False):
+            s, m = self.predict_batch(batch["image"])
+            scores.append(s)
+            maps.append(m)
+        return predictions(scores, maps)
+
+    @torch.no_grad()
+    def predict_batch(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Image scores (B,) and anomaly maps (B, H, W), or None for models without maps."""
         self._require_fitted()
         self.module.eval()
@@ -191,14 +248,14 @@ class GradientModel:
         return score.reshape(len(images)).cpu(), None if maps is None else maps.cpu()
 
     # -- state ----------------------------------------------------------------------------
-    def get_state(self) -> dict[str, torch.Tensor]:
+    def state_dict(self) -> dict[str, torch.Tensor]:
         """The full learned state (weights and buffers), as tensors."""
         if self.module is None:
             raise RuntimeError(f"{self.name} has not been built; call setup(image_size) or train it first")
         return {k: v.detach().cpu().clone() for k, v in self.module.state_dict().items()}
 
-    def set_state(self, state: dict[str, torch.Tensor]) -> None:
-        """Restore a state from :meth:`get_state` (builds nothing: call ``setup`` first)."""
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Restore a state from :meth:`state_dict` (builds nothing: call ``setup`` first)."""
         own = self.module.state_dict()
         missing = sorted(set(own) - set(state))
         if missing:
@@ -210,9 +267,9 @@ class GradientModel:
         self.module.load_state_dict({k: v for k, v in state.items() if k not in reshaped}, strict=False)
         from .offline import assign_tensors
 
-        assign_tensors(self.module, {k: state[k].to(self.device) for k in reshaped})
+        assign_tensors(self.module, {k: state[k] for k in reshaped}, self.device)
         self.fitted_ = True
 
     def _require_fitted(self) -> None:
         if self.module is None or not self.fitted_:
-            raise RuntimeError(f"{self.name} has not been trained; call fit_task on a strategy first")
+            raise RuntimeError(f"{self.name} has not been trained; call fit() (or a strategy's fit_task) first")

@@ -19,6 +19,14 @@ class UFlow(GradientModel):
     """
 
     name = "uflow"
+    title = "U-Flow"
+    presets: ClassVar[dict] = {"benchmark": {"backbone": "wide_resnet50_2",
+                                             "flow_steps": 4,
+                                             "epochs": 200,
+                                             "batch_size": 32},
+                               "light": {"epochs": 1, "batch_size": 8, "flow_steps": 1}}
+    notes = ("anomalib's default extractor (two CaiT nets) needs downloads; ResNet-style extractor "
+             "instead")
     family = "normalizing flow"
     default_epochs = 200
     default_lr = 1e-3

@@ -44,6 +44,17 @@ class Sample:
     mask_path: Path | None = None
 
 
+def encode_samples(samples: Sequence[Sample]) -> list[list]:
+    """Samples as lists of strings and ints, for checkpoints and saved models (no pickled classes)."""
+    return [[str(s.image_path), int(s.label), s.category, s.defect, "" if s.mask_path is None else str(s.mask_path)]
+            for s in samples]
+
+
+def decode_samples(rows: Sequence[Sequence]) -> list[Sample]:
+    """Inverse of :func:`encode_samples`."""
+    return [Sample(Path(p), int(label), cat, defect, Path(mask) if mask else None) for p, label, cat, defect, mask in rows]
+
+
 def _load_image(path: Path, size: int) -> torch.Tensor:
     try:
         with Image.open(path) as im:

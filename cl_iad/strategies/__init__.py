@@ -1,7 +1,10 @@
-"""Continual strategies: anomaly models under continual regimes."""
+"""Continual strategies: the template (``base.py``) and one file per regime plugin."""
 
-from .base import GRADIENT_REGIMES, REGIMES, FeatureCache, Predictions, Strategy
+from ..models.registry import build_model
+from .base import EVAL_MODES, FeatureCache, Predictions, Strategy
 from .buffers import ReplayBuffer
-from .models import build_model
+from .plugin import RegimePlugin
+from .registry import parse_regime, regime_names, regime_plugins, regimes_for
 
-__all__ = ["GRADIENT_REGIMES", "REGIMES", "FeatureCache", "Predictions", "ReplayBuffer", "Strategy", "build_model"]
+__all__ = ["EVAL_MODES", "FeatureCache", "Predictions", "RegimePlugin", "ReplayBuffer", "Strategy", "build_model",
+           "parse_regime", "regime_names", "regime_plugins", "regimes_for"]

@@ -1,0 +1,1 @@
+"""Tensor operations shared by the frozen-feature models: coreset selection, k-NN search, Gaussian blur."""
