@@ -60,7 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
                                       "wide_resnet50_2 (these need --weights)")
     r.add_argument("--preset", help="named settings: 'light' (small, CPU) or 'benchmark' (the MVTec AD table)")
     r.add_argument("--epochs", type=int, help="gradient-trained models: epochs per task")
-    r.add_argument("--device", help="gradient-trained models: torch device, e.g. cuda (default cpu)")
+    r.add_argument("--device", help="torch device of every stage (backbone, cache, coreset, k-NN, training): "
+                                    "auto (default: CUDA when present, else the CPU), cpu, cuda, cuda:1")
     r.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                    help="a model hyper-parameter (YAML value), e.g. --param vq_weights=vq.pckl; repeatable")
     r.add_argument("--config", type=Path,

@@ -196,7 +196,7 @@ class Config:
 
     def build_scenario(self):
         """The task stream of ``data`` (synthetic data is generated with ``run.seed``)."""
-        from .scenarios.streams import build_scenario
+        from .scenarios.folder import build_scenario
 
         d = self.data
         sizes = {k: getattr(d, k) for k in ("n_train", "n_test_good", "n_test_per_defect") if getattr(d, k) is not None}

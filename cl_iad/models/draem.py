@@ -20,12 +20,12 @@ def render_texture_folder(folder: Path, n: int = 40, size: int = 128, seed: int 
     """Write `n` textures from our synthetic generator to `folder`, for use as an anomaly source."""
     from PIL import Image
 
-    from ..scenarios.synthetic import TEXTURES, _render
+    from ..scenarios.synthetic import TEXTURES, render_normal
 
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     for i in range(n):
-        img, _ = _render(TEXTURES[i % len(TEXTURES)], size, rng)
+        img, _ = render_normal(TEXTURES[i % len(TEXTURES)], size, rng)
         Image.fromarray((img * 255).round().astype(np.uint8)).save(folder / f"texture_{i:03d}.png")
     return folder
 

@@ -58,7 +58,7 @@ class FrozenFeatureModel(AnomalyModel):
         layers: Sequence[str] | None = None,
         seed: int = 0,
         normalization: str = "backbone",
-        device: str | torch.device | None = "cpu",
+        device: str | torch.device | None = "auto",
         batch_size: int = 16,
     ) -> None:
         self.backbone = backbone

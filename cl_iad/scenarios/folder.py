@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .base import Scenario, resolve_order
+from .streams import DEFAULT_IMAGE_SIZE, load_stream, regroup
 from .synthetic import CATEGORIES as SYNTHETIC_CATEGORIES
 from .synthetic import SyntheticSpec, generate
 
@@ -23,8 +24,6 @@ def from_folder(
 
     The MVTec AD reader of :func:`~cl_iad.scenarios.streams.load_stream`, labelled `dataset`.
     """
-    from .streams import load_stream
-
     scenario = load_stream("mvtec", root, categories, order, None, image_size, check=check)
     scenario.dataset = dataset
     return scenario
@@ -61,3 +60,31 @@ def synthetic(
     scenario = from_folder(folder, categories, order, image_size, dataset="synthetic")
     scenario.info["seed"] = seed
     return scenario
+
+
+def build_scenario(
+    dataset: str = "synthetic",
+    root: str | Path | Sequence[str | Path] | None = None,
+    categories: Sequence[str] | None = None,
+    order: str | Sequence[str] = "alphabetical",
+    group: str | None = None,
+    image_size: int | None = None,
+    skip_bad: bool = False,
+    seed: int = 0,
+    n_tasks: int = 5,
+    progress: bool = False,
+    **synthetic_sizes: int,
+) -> Scenario:
+    """One entry point for the CLI and sweeps: the synthetic stream or :func:`load_stream`.
+
+    `synthetic_sizes` (n_train, n_test_good, n_test_per_defect) apply to the synthetic data only.
+    """
+    if dataset == "synthetic":
+        scenario = synthetic(root, categories=categories, n_tasks=n_tasks, order=order,
+                             image_size=image_size or 128, seed=seed, **synthetic_sizes)
+        return regroup(scenario, group) if group else scenario
+    if not root:
+        raise ValueError(f"dataset {dataset!r} needs its folder: pass --root FOLDER (comma-separated, one per "
+                         "dataset of a chain), or use --dataset synthetic")
+    return load_stream(dataset, root, categories, order, group, image_size or DEFAULT_IMAGE_SIZE,
+                       skip_bad=skip_bad, progress=progress)

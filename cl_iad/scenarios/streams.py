@@ -224,33 +224,3 @@ def regroup(scenario: Scenario, group: str) -> Scenario:
         cats = tuple(c for t in members for c in t.categories)
         tasks.append(Task(i, "+".join(t.name for t in members), cats, train, test))
     return Scenario(tasks, scenario.dataset, scenario.root, {**scenario.info, "group": group})
-
-
-def build_scenario(
-    dataset: str = "synthetic",
-    root: str | Path | Sequence[str | Path] | None = None,
-    categories: Sequence[str] | None = None,
-    order: str | Sequence[str] = "alphabetical",
-    group: str | None = None,
-    image_size: int | None = None,
-    skip_bad: bool = False,
-    seed: int = 0,
-    n_tasks: int = 5,
-    progress: bool = False,
-    **synthetic_sizes: int,
-) -> Scenario:
-    """One entry point for the CLI and sweeps: the synthetic stream or :func:`load_stream`.
-
-    `synthetic_sizes` (n_train, n_test_good, n_test_per_defect) apply to the synthetic data only.
-    """
-    if dataset == "synthetic":
-        from .folder import synthetic
-
-        scenario = synthetic(root, categories=categories, n_tasks=n_tasks, order=order,
-                             image_size=image_size or 128, seed=seed, **synthetic_sizes)
-        return regroup(scenario, group) if group else scenario
-    if not root:
-        raise ValueError(f"dataset {dataset!r} needs its folder: pass --root FOLDER (comma-separated, one per "
-                         "dataset of a chain), or use --dataset synthetic")
-    return load_stream(dataset, root, categories, order, group, image_size or DEFAULT_IMAGE_SIZE,
-                       skip_bad=skip_bad, progress=progress)

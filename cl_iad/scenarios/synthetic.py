@@ -117,7 +117,7 @@ def _pattern(category: str, size: int, rng: np.random.Generator) -> tuple[np.nda
     return np.clip(p, 0.0, 1.0), fg
 
 
-def _render(category: str, size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def render_normal(category: str, size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """A normal RGB image in [0, 1] of shape (H, W, 3) and its foreground mask."""
     p, fg = _pattern(category, size, rng)
     dark, light = (np.asarray(c) for c in _PALETTE[category])
@@ -215,15 +215,15 @@ def generate_category(category: str, root: Path | str, spec: SyntheticSpec = Syn
     out = Path(root) / category
     size = spec.image_size
     for i in range(spec.n_train):
-        img, _ = _render(category, size, np.random.default_rng(_seed_for(category, spec.seed, "train", i)))
+        img, _ = render_normal(category, size, np.random.default_rng(_seed_for(category, spec.seed, "train", i)))
         _save(img, out / "train" / "good" / f"{i:03d}.png")
     for i in range(spec.n_test_good):
-        img, _ = _render(category, size, np.random.default_rng(_seed_for(category, spec.seed, "good", i)))
+        img, _ = render_normal(category, size, np.random.default_rng(_seed_for(category, spec.seed, "good", i)))
         _save(img, out / "test" / "good" / f"{i:03d}.png")
     for defect in _DEFECTS_FOR[category]:
         for i in range(spec.n_test_per_defect):
             rng = np.random.default_rng(_seed_for(category, spec.seed, defect, i))
-            img, fg = _render(category, size, rng)
+            img, fg = render_normal(category, size, rng)
             mask = _defect_mask(defect, size, fg, rng)
             img = _apply_defect(img, mask, defect, category, rng)
             _save(img, out / "test" / defect / f"{i:03d}.png")
