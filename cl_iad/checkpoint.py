@@ -6,12 +6,12 @@ newest checkpoint k satisfies: rows < k are complete, row k may be partial. The 
 that state, evaluates what is missing of row k and continues with task k+1: no earlier task is
 fitted again.
 
-A checkpoint holds :meth:`Strategy.state_dict` (the model's ``get_state()``, replay buffer,
+A checkpoint holds :meth:`Strategy.state_dict` (the model's ``state_dict()``, each regime plugin's state,
 per-task states, seen samples, trained tasks) as nested dicts, lists, strings, numbers and
 tensors. Saving refuses anything else (:func:`plain_state`), and loading always uses
 ``torch.load(weights_only=True)``: results folders are shared, and reading one must never run
 code, so a file that holds pickled objects is refused with :class:`~cl_iad.errors.CheckpointError`.
-Any model whose ``get_state``/``set_state`` speak dicts of tensors is covered, gradient-trained
+Any model whose ``state_dict``/``load_state_dict`` speak dicts of tensors is covered, gradient-trained
 ones included. Files are written to a temporary name, fsynced and renamed: a kill leaves either
 the old or the new checkpoint, never half of one.
 
@@ -116,7 +116,7 @@ def plain_state(obj: Any, where: str = "state") -> Any:
         return items if type(obj) is list else tuple(items)
     raise TypeError(f"{where} is a {type(obj).__module__}.{type(obj).__qualname__}; checkpoints hold only "
                     "tensors, str, numbers, bool and None in dicts, lists and tuples (loading never unpickles "
-                    "objects). Store it as tensors or plain data in get_state()/state_dict()")
+                    "objects). Store it as tensors or plain data in the model's or plugin's state_dict()")
 
 
 def _plain_key(key: Any, where: str) -> Any:
