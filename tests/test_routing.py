@@ -114,3 +114,13 @@ def test_router_refuses_three_axis_embeddings_instead_of_guessing_their_layout()
     with pytest.raises(ValueError, match="fitted on 4-dim features"):
         router.route(torch.randn(2, 6))
     assert math.isfinite(float(router.scores(torch.randn(2, 4)).sum()))
+
+
+@pytest.mark.parametrize("name", ROUTABLE)
+def test_fitting_never_changes_the_callers_embeddings(name, tiny_stream):
+    """anomalib's PCA centres its input in place; DFM once fitted its router on the centred copy."""
+    model = build_model(name, "light")
+    emb = model.embed(tiny_stream[0].train)
+    before = emb.clone()
+    model.fit_features(emb)
+    assert torch.equal(emb, before)

@@ -61,7 +61,9 @@ class DFM(FrozenFeatureModel):
 
     def fit_features(self, embeddings: torch.Tensor) -> DFM:
         m = self.module
-        flat = embeddings.reshape(len(embeddings), -1)
+        # a copy: anomalib's PCA.fit centres its input in place, which corrupted the caller's
+        # embeddings (the router of task-agnostic per_task was fitted on centred features)
+        flat = embeddings.reshape(len(embeddings), -1).clone()
         m.pca_model.fit(flat)
         if self.score_type == "nll":
             m.gaussian_model.fit(m.pca_model.transform(flat).T)
