@@ -2,6 +2,12 @@
 
 Rows are methods (model + strategy), columns are categories; each cell is mean ± std over the
 task orders found for that method. Scores are taken at the end of the stream (last matrix row).
+
+Two published layouts (:func:`make_layout_report`, ``cl-iad report --layout``) lay the same runs
+out as the tables we compare with: ``seed``, the single-task MVTec AD table (models x categories
+per metric, percent, optionally beside the published values), and ``continual``, final scores and
+forgetting under both FM definitions per model, regime and protocol, beside the IM-IAD and CLAD
+anchors. The published numbers ship in ``cl_iad/reference/`` (see its README for sources).
 """
 
 from __future__ import annotations
@@ -9,11 +15,15 @@ from __future__ import annotations
 import html
 import json
 import logging
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from .errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -143,11 +153,25 @@ def to_markdown(table: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def _write_table(table: pd.DataFrame, stem: Path, caption: str) -> None:
+def _write_table(table: pd.DataFrame, stem: Path, caption: str, notes: Sequence[str] = ()) -> None:
+    """`table` as STEM.csv, STEM.md and STEM.tex; `notes` go under the Markdown and LaTeX tables."""
     table.to_csv(stem.with_suffix(".csv"))
-    stem.with_suffix(".md").write_text(f"**{caption}**\n\n" + to_markdown(table) + "\n")
-    latex = table.to_latex(escape=True, caption=caption, label=f"tab:{stem.name}")
+    md_notes = "".join(f"- {n}\n" for n in notes)
+    stem.with_suffix(".md").write_text(f"**{caption}**\n\n" + to_markdown(table) + "\n" + (f"\n{md_notes}" if notes else ""))
+    # the index as the first column: one header row instead of pandas' two
+    latex = table.reset_index().to_latex(index=False, escape=True, caption=caption, label=f"tab:{stem.name}")
+    if notes:
+        tex_notes = "\n".join(r"\par\footnotesize " + _latex_escape(n) for n in notes)
+        latex = latex.replace("\\end{table}", tex_notes + "\n\\end{table}")
     stem.with_suffix(".tex").write_text(latex.replace("±", r"$\pm$"))
+
+
+_LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\^{}"}
+
+
+def _latex_escape(text: str) -> str:
+    return re.sub(r"[\\&%$#_{}~^]", lambda m: _LATEX_SPECIAL[m.group()], text)
 
 
 def _plt():
@@ -293,3 +317,315 @@ def _write_html(path: Path, runs: list[RunRecord], sections, images: list[Path])
     parts += [f"<img src='plots/{p.name}' alt='{p.stem}'>" for p in images]
     parts.append("</body></html>")
     path.write_text("\n".join(parts))
+
+
+# ---- published layouts: `cl-iad report --layout seed | continual` ---------------------------------
+# Published model names of the seed's single-task MVTec AD table (cl_iad/reference/README.md), in its row order.
+PUBLISHED_NAMES = {"cfa": "CFA", "cflow": "CFLOW", "csflow": "CSFLOW", "dfkde": "DFKDE", "dfm": "DFM",
+                   "draem": "DRAEM", "dsr": "DSR", "fastflow": "FASTFLOW", "ganomaly": "GANomaly", "padim": "PaDiM",
+                   "patchcore": "PatchCore", "reverse_distillation": "RD", "rkde": "RKDE", "stfpm": "STFPM",
+                   "uflow": "UFLOW"}
+# The published table's column order of MVTec AD's 15 categories.
+SEED_CATEGORY_ORDER = ("screw", "pill", "capsule", "carpet", "grid", "tile", "wood", "zipper", "cable", "toothbrush",
+                       "transistor", "metal_nut", "bottle", "hazelnut", "leather")
+METRIC_TITLES = {"image_auroc": "image AUROC", "pixel_auroc": "pixel AUROC", "pro": "PRO"}
+LAYOUTS = ("default", "seed", "continual")
+# The two forgetting averages the continual layout reports (cl_iad.metrics.average_forgetting definitions).
+FM_DEFINITIONS = {"chaudhry": "Chaudhry: mean over T-1", "im-iad": "IM-IAD: sum / T"}
+DASH = "-"
+# The published continual protocols on MVTec AD, in the order the continual layout lists them.
+PROTOCOL_ORDER = ("1x15", "14-1", "10-5", "3x5", "10-1x5", "1x10")
+
+
+class LayoutError(UserError, ValueError):
+    """The runs below a folder cannot fill the requested report layout."""
+
+
+def reference_table(name: str) -> pd.DataFrame:
+    """A CSV of published numbers shipped with the package (``cl_iad/reference/NAME``; see its README)."""
+    from importlib.resources import files
+
+    resource = files("cl_iad") / "reference" / name
+    if not resource.is_file():
+        raise FileNotFoundError(f"reference table {name} is missing from the installed package (cl_iad/reference/); "
+                                "reinstall cl_iad")
+    with resource.open("r", encoding="utf-8") as fh:
+        return pd.read_csv(fh, keep_default_na=False, na_values=[""])
+
+
+def _pct(value: float | None) -> str:
+    """A score in [0, 1] as percent with two decimals; "-" where there is none."""
+    return DASH if value is None or not np.isfinite(value) else f"{100 * value:.2f}"
+
+
+def _pct_value(value: float | None) -> float:
+    """The percent value that `_pct` shows (rounded), NaN where there is none."""
+    return float("nan") if value is None or not np.isfinite(value) else round(100 * float(value), 2)
+
+
+def _n_tasks(run: RunRecord) -> int:
+    return len(run.settings.get("tasks") or next(iter(run.matrices.values()), pd.DataFrame()).columns)
+
+
+def _published_name(model: str) -> str:
+    return PUBLISHED_NAMES.get(model, model)
+
+
+def _display_name(run: RunRecord) -> str:
+    """The published model name, then the preset unless it is 'benchmark', then any other setting that
+    tells this run's row from another of the same model, preset and regime (its method label's tail)."""
+    name = _published_name(run.settings.get("model", "?"))
+    preset = run.settings.get("preset")
+    tail = run.method.partition(" [")[2].removesuffix("]")
+    return name + (f" ({preset})" if preset and preset != "benchmark" else "") + (f" [{tail}]" if tail else "")
+
+
+def _model_rank(model: str) -> tuple[int, str]:
+    names = list(PUBLISHED_NAMES)
+    return (names.index(model) if model in names else len(names), model)
+
+
+def _final_value(run: RunRecord, metric: str) -> float:
+    """Mean of the last matrix row (ACC) of `metric`; NaN when the run has no such output."""
+    R = run.matrices.get(metric)
+    if R is None:
+        return float("nan")
+    last = R.iloc[-1].to_numpy(dtype=float)
+    return float(np.nanmean(last)) if np.isfinite(last).any() else float("nan")
+
+
+def seed_runs(runs: list[RunRecord]) -> list[RunRecord]:
+    """The 1-task runs of one category each (the single-task table's cells), labelled among themselves."""
+    single = [r for r in runs if _n_tasks(r) == 1 and "+" not in str((r.settings.get("tasks") or ["+"])[0])]
+    if not single:
+        raise LayoutError("report --layout seed needs 1-task runs of one category each (a sweep with "
+                          "per_category: true, e.g. experiments/configs/seed_mvtec.yaml); none found")
+    for r, label in zip(single, method_labels([r.settings for r in single]), strict=True):
+        r.method = label
+    return single
+
+
+def seed_long_table(runs: list[RunRecord], metrics: tuple[str, ...] = TABLE_METRICS) -> pd.DataFrame:
+    """One row per model row, category and metric: ours, published and ours - published, in percent.
+
+    Our values are rounded to the two decimals shown before the difference is taken, so each shown
+    difference is the difference of the shown numbers.
+    """
+    ref = reference_table("seed_mvtec_single_task.csv")
+    published = {(m, c, k): v for m, c, k, v in ref[["model", "category", "metric", "value_percent"]].itertuples(
+        index=False)}
+    cells: dict[tuple, list[float]] = {}
+    info: dict[str, tuple[str, str, str | None]] = {}
+    for r in runs:
+        model, row = r.settings.get("model", "?"), _display_name(r)
+        info[row] = (model, _published_name(model), r.settings.get("preset"))
+        for metric in metrics:
+            cells.setdefault((row, str(r.settings["tasks"][0]), metric), []).append(_final_value(r, metric))
+    rows = []
+    for (row, category, metric), values in cells.items():
+        finite = [v for v in values if np.isfinite(v)]
+        ours_pct = _pct_value(float(np.mean(finite))) if finite else float("nan")
+        model, pub_name, preset = info[row]
+        pub = published.get((pub_name, category, metric), float("nan"))
+        rows.append({"model": row, "cl_iad_model": model, "preset": preset, "category": category, "metric": metric,
+                     "runs": len(values), "ours_percent": ours_pct, "published_percent": pub,
+                     "difference": round(ours_pct - pub, 2) if np.isfinite(ours_pct) and np.isfinite(pub)
+                     else float("nan")})
+    long = pd.DataFrame(rows)
+    order = {c: i for i, c in enumerate(SEED_CATEGORY_ORDER)}
+    long["_m"] = [_model_rank(m) for m in long["cl_iad_model"]]
+    long["_c"] = [(order.get(c, len(order)), c) for c in long["category"]]
+    long = long.sort_values(["_m", "model", "_c", "metric"]).drop(columns=["_m", "_c"]).reset_index(drop=True)
+    return long
+
+
+def _num(value: float, signed: bool = False) -> str:
+    value = float(value) + 0.0  # no "-0.00"
+    return DASH if not np.isfinite(value) else (f"{value:+.2f}" if signed else f"{value:.2f}")
+
+
+def seed_table(long: pd.DataFrame, metric: str, reference: bool = False) -> pd.DataFrame:
+    """Models x categories (published order) of one metric, in percent, and their mean.
+
+    With `reference`, three rows per model: ours, the published value and ours - published. The
+    mean is over the categories shown where ours is defined; its published counterpart is the mean
+    of the published values of the same categories ("-" when one of them is missing).
+    """
+    part = long[long.metric == metric]
+    models = list(dict.fromkeys(part.model))
+    categories = list(dict.fromkeys(part.category))
+    rows = []
+    for model in models:
+        m = part[part.model == model].set_index("category")
+        ours = {c: m.ours_percent.get(c, float("nan")) for c in categories}
+        pub = {c: m.published_percent.get(c, float("nan")) for c in categories}
+        have = [c for c in categories if np.isfinite(ours[c])]
+        ours["mean"] = round(float(np.mean([ours[c] for c in have])), 2) if have else float("nan")
+        pub["mean"] = (round(float(np.mean([pub[c] for c in have])), 2)
+                       if have and all(np.isfinite(pub[c]) for c in have) else float("nan"))
+        diff = {c: round(ours[c] - pub[c], 2) if np.isfinite(ours[c]) and np.isfinite(pub[c]) else float("nan")
+                for c in ours}
+        if not reference:
+            rows.append({"model": model, **{c: _num(v) for c, v in ours.items()}})
+            continue
+        for kind, values, signed in (("ours", ours, False), ("published", pub, False), ("ours - published", diff, True)):
+            rows.append({"model": model, "value": kind, **{c: _num(v, signed) for c, v in values.items()}})
+    return pd.DataFrame(rows).set_index("model")
+
+
+def _seed_notes(long: pd.DataFrame, reference: bool) -> list[str]:
+    notes = [("Percent, two decimals; each cell is one run of a 1-task stream (train on the category's normal images, "
+             "test on its test set). \"-\": the model gives no such output (no anomaly map) or the run lacks it.")]
+    off = sorted({m for m, p in zip(long.model, long.preset, strict=True) if p != "benchmark"})
+    if off:
+        notes.append("Not at the published settings (preset other than 'benchmark'): " + ", ".join(off) + ".")
+    several = sorted(set(long.model[long.runs > 1]))
+    if several:
+        notes.append("Cells averaged over several runs: " + ", ".join(several) + ".")
+    if reference:
+        notes.append("Published: the seed's single-task MVTec AD table (cl_iad/reference/seed_mvtec_single_task.csv, "
+                     "source in cl_iad/reference/README.md). The difference is ours - published, in percentage points.")
+    return notes
+
+
+# ---- the continual layout ---------------------------------------------------------------------------
+def protocol_of(settings: dict) -> str:
+    """The stream's protocol: its group (``14-1``, ``10-5``, ...), or ``1xT`` for T one-category tasks."""
+    if settings.get("group"):
+        return str(settings["group"])
+    tasks = [str(t) for t in settings.get("tasks") or []]
+    return f"1x{len(tasks)}" if all("+" not in t for t in tasks) else f"{len(tasks)} tasks"
+
+
+def _protocol_rank(protocol: str) -> tuple[int, str]:
+    return (PROTOCOL_ORDER.index(protocol) if protocol in PROTOCOL_ORDER else len(PROTOCOL_ORDER), protocol)
+
+
+def continual_runs(runs: list[RunRecord]) -> list[RunRecord]:
+    """The runs of two tasks or more, labelled among themselves without their protocol (it has a column)."""
+    multi = [r for r in runs if _n_tasks(r) >= 2]
+    if not multi:
+        raise LayoutError("report --layout continual needs runs of two tasks or more (e.g. a sweep of "
+                          "experiments/configs/continual_mvtec.yaml); none found")
+    labels = method_labels([{k: v for k, v in r.settings.items() if k != "group"} for r in multi])
+    for r, label in zip(multi, labels, strict=True):
+        r.method = label
+    return multi
+
+
+def _continual_reference(settings: dict, protocol: str) -> tuple[str, dict[str, tuple[float, str]]]:
+    """(source, metric -> (published percent, FM definition)) of the published anchor this run matches."""
+    ref = reference_table("continual_mvtec_anchors.csv").fillna("")
+    hit = ref[(ref.cl_iad_model == settings.get("model")) & (ref.cl_iad_regime == settings.get("regime"))
+              & (ref.protocol == protocol) & ((ref.order == "") | (ref.order == str(settings.get("order"))))]
+    if settings.get("dataset") != "mvtec" or hit.empty:
+        return "", {}
+    source = str(hit.source.iloc[0])
+    hit = hit[hit.source == source]
+    return source, {m: (float(v), d) for m, v, d in hit[["metric", "value_percent", "fm_definition"]].itertuples(
+        index=False)}
+
+
+def _beside(ours: float, published: float | None) -> str:
+    """Ours in percent, with "(published, ours - published)" when a published value exists."""
+    text = _num(ours)
+    if published is None or not np.isfinite(published):
+        return text
+    diff = _num(round(ours - published, 2), signed=True) if np.isfinite(ours) else DASH
+    return f"{text} ({published:.2f}, {diff})"
+
+
+def continual_table(runs: list[RunRecord], metrics: tuple[str, ...] = TABLE_METRICS) -> tuple[pd.DataFrame, list[str]]:
+    """Per model, regime, protocol and order: final scores and FM under both definitions (two rows),
+    with published IM-IAD / CLAD values beside ours where they exist; and the notes under the table."""
+    from . import metrics as M
+
+    groups: dict[tuple, list[RunRecord]] = {}
+    for r in runs:
+        key = (r.method, protocol_of(r.settings), str(r.settings.get("order", "?")))
+        groups.setdefault(key, []).append(r)
+    rows, notes_fm, aware, several = [], [], set(), []
+    for (label, protocol, order), group in sorted(groups.items(), key=lambda kv: (
+            _model_rank(kv[1][0].settings.get("model", "?")), kv[0][0], _protocol_rank(kv[0][1]), kv[0][2])):
+        s, name = group[0].settings, _display_name(group[0])
+        source, ref = _continual_reference(s, protocol)
+        finals = {m: float(np.nanmean([_final_value(r, m) for r in group])) if any(
+            np.isfinite(_final_value(r, m)) for r in group) else float("nan") for m in metrics}
+        regime = str(s.get("regime", "?")) + (" (task-aware)" if group[0].task_aware else "")
+        if group[0].task_aware:
+            aware.add(f"{name} {regime}")
+        if len(group) > 1:
+            several.append(f"{name} {regime} {protocol} ({len(group)} runs)")
+        if "fm" in ref:
+            notes_fm.append(f"{source} reports an average forgetting of {ref['fm'][0]:.2f} % for {name} "
+                            f"{s.get('regime')} (its metric and definition are not recorded in our reference notes).")
+        for definition, title in FM_DEFINITIONS.items():
+            row = {"model": name, "regime": regime, "protocol": protocol, "order": order,
+                   "tasks": _n_tasks(group[0]), "FM definition": title}
+            for m in metrics:
+                pub = ref.get(m, (None, ""))[0]
+                row[METRIC_TITLES.get(m, m)] = _beside(_pct_value(finals[m]), pub)
+            for m in metrics:
+                fms = [M.average_forgetting(r.matrices[m], definition) for r in group if m in r.matrices]
+                fm = float(np.nanmean(fms)) if any(np.isfinite(v) for v in fms) else float("nan")
+                pub, pub_def = ref.get(f"fm_{m}", (None, ""))
+                row[f"FM {METRIC_TITLES.get(m, m)}"] = _beside(_pct_value(fm), pub if pub_def == definition else None)
+            row["published"] = source or DASH
+            rows.append(row)
+    table = pd.DataFrame(rows).set_index("model")
+    notes = [
+        ("Percent, two decimals. Scores are the mean over tasks of the last matrix row (after the last task); a task "
+        "of several categories (14-1, 10-5, ...) is scored on its categories' test sets pooled."),
+        ("FM (cl_iad.metrics.average_forgetting): per old task j, the largest earlier score minus the final one; "
+        "'Chaudhry: mean over T-1' averages over the T-1 old tasks (Chaudhry et al., ECCV 2018; our default); "
+        "'IM-IAD: sum / T' divides the same sum by T, counting the newest task as 0 (IM-IAD, arXiv 2301.13359)."),
+        ("Published values, where a run matches a published anchor (model, regime, protocol, order; "
+        "cl_iad/reference/continual_mvtec_anchors.csv): cells read 'ours (published, ours - published)'. IM-IAD "
+        "(arXiv 2301.13359): 15 tasks alphabetical, sequential training, compared with naive; its FM beside the "
+        "IM-IAD row only. CLAD (arXiv 2403.15463): 10 one-category tasks."),
+    ]
+    if any(r.settings.get("model") == "patchcore" and r.settings.get("regime") == "naive" for r in runs):
+        notes.append("IM-IAD's PatchCore keeps earlier tasks in its memory bank (FM 0.3 %); our naive PatchCore "
+                     "replaces it with each task's, so a large gap to IM-IAD is expected there.")
+    if aware:
+        notes.append("Task-aware (task id given at test time, one model per task): FM is zero by construction for "
+                     + ", ".join(sorted(aware)) + ".")
+    if several:
+        notes.append("Averaged over several runs: " + "; ".join(several) + ".")
+    return table, notes + notes_fm
+
+
+# ---- writing ------------------------------------------------------------------------------------
+def make_layout_report(root: Path | str, layout: str, out: Path | str | None = None,
+                       reference: bool = False) -> tuple[Path, list[Path]]:
+    """Write the published `layout` ("seed" or "continual") of the runs below `root` as CSV, Markdown
+    and LaTeX; return the folder and the Markdown files (in print order).
+
+    seed: one table per metric (``seed_<metric>``), models x categories in percent, and
+    ``seed_long.csv`` (every number, ours, published and the difference). continual: ``continual``.
+    """
+    if layout not in ("seed", "continual"):
+        raise ValueError(f"layout must be 'seed' or 'continual', got {layout!r}")
+    runs = find_runs(root)
+    out = Path(out) if out else Path(root) / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    if layout == "seed":
+        long = seed_long_table(seed_runs(runs))
+        long.to_csv(out / "seed_long.csv", index=False)
+        notes = _seed_notes(long, reference)
+        for m in TABLE_METRICS:
+            if (long.metric == m).any():
+                stem = out / f"seed_{m}"
+                caption = f"MVTec AD, single task: {METRIC_TITLES[m]} (%)" + (
+                    ", ours beside the published value" if reference else "")
+                _write_table(seed_table(long, m, reference), stem, caption, notes)
+                written.append(stem.with_suffix(".md"))
+    else:
+        table, notes = continual_table(continual_runs(runs))
+        stem = out / "continual"
+        _write_table(table, stem, "Continual MVTec AD: final scores and forgetting (%), per model, regime and protocol",
+                     notes)
+        written.append(stem.with_suffix(".md"))
+    log.info("%s layout written to %s", layout, out)
+    return out, written
