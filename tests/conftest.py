@@ -53,6 +53,23 @@ def _is_loopback(address: object) -> bool:
         return False  # a host name: resolving it would already be a network access
 
 
+@pytest.fixture(scope="session")
+def empty_caches(tmp_path_factory):
+    return tmp_path_factory.mktemp("caches")
+
+
+@pytest.fixture(autouse=True)
+def offline_caches(empty_caches, monkeypatch):
+    """Pretrained files come only from empty per-session caches, and nothing is downloaded: a test sees
+    the same "not cached" answer on every machine (tests/test_weights_cache.py seeds its own)."""
+    for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HF_HOME", str(empty_caches / "huggingface"))
+    monkeypatch.setenv("TORCH_HOME", str(empty_caches / "torch"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(empty_caches / "xdg"))  # anomalib's cache (DSR, DTD)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
 @pytest.fixture(autouse=True)
 def no_network(monkeypatch):
     """Refuse every connection that leaves the machine: weights and data must come from disk."""

