@@ -9,7 +9,14 @@ A saved model directory holds:
   tasks pooled);
 * ``state.pt``: :meth:`Strategy.state_dict` (model state, replay buffer, per-task states,
   router) as tensors and plain data; it is only ever read with ``torch.load(weights_only=True)``,
-  so loading a model someone shared cannot run code.
+  so loading a model someone shared cannot run code;
+* or, in a model shared on the Hugging Face Hub (``cl-iad push``, :func:`export_model`), the same
+  state with no pickle at all: ``state.safetensors`` holds its tensors and ``state.json`` the
+  nested plain data around them (a tensor appears there as ``{"__tensor__": KEY}``).
+
+:func:`load_strategy` reads either layout, from a folder or from ``hf://ORG/NAME[@REVISION]`` (a
+model repository fetched once into the Hub's cache, then read from there; with
+``HF_HUB_OFFLINE=1`` only the cache is used).
 
 Loading rebuilds the backbone from the same weights resolver, so a model trained with
 ``--weights FILE`` needs that file at the same path when it is loaded.
@@ -34,6 +41,9 @@ from .scenarios.datasets import IMAGE_SUFFIXES
 log = logging.getLogger(__name__)
 
 FORMAT = 1
+STATE_TENSORS = "state.safetensors"
+STATE_DATA = "state.json"
+STATE_FORMAT = "cl_iad.state/1"  # the safetensors metadata and state.json's "format"
 
 
 def save_strategy(strategy, directory: Path | str, task_names: list[str], thresholds: dict | None = None,
@@ -79,16 +89,164 @@ class LoadedModel:
 
 
 def load_strategy(directory: Path | str) -> LoadedModel:
-    """Rebuild the strategy saved in `directory` and load its state."""
-    from .checkpoint import safe_torch_load
+    """Rebuild the strategy saved in `directory` and load its state.
 
-    directory = Path(directory)
+    `directory` is a saved model folder (``RUN_DIR/model``, state.pt or safetensors layout) or a
+    Hub model ``hf://ORG/NAME[@REVISION]`` (see :func:`model_dir`).
+    """
+    directory = model_dir(directory)
     meta = _read_meta(directory)
     strategy = saved_config(directory, meta).build_strategy()
-    state = safe_torch_load(directory / "state.pt", "saved model state",
-                            f"copy the whole model folder again, or re-run the training that wrote {directory}")
-    strategy.load_state_dict(state)
+    strategy.load_state_dict(read_state(directory))
     return LoadedModel(strategy, meta["task_names"], meta.get("thresholds", {}), int(meta["image_size"]))
+
+
+def model_dir(value: Path | str) -> Path:
+    """The local folder of a saved model: `value` itself, or for ``hf://ORG/NAME[@REVISION]`` its copy
+    in the Hub cache (downloaded the first time), whose saved model is at the top or in ``model/``
+    (a run pushed by ``cl-iad push``)."""
+    from .scenarios.remote import parse_hub_ref, snapshot
+
+    ref = parse_hub_ref(value)
+    if ref is None:
+        return Path(value)
+    folder = snapshot(ref, repo_type="model")
+    for candidate in (folder, folder / "model"):
+        if (candidate / "strategy.json").is_file():
+            return candidate
+    raise UserError(f"{ref} holds no saved model: neither strategy.json nor model/strategy.json is in the "
+                    "repository; push a finished run with `cl-iad push RUN_DIR --repo-id ORG/NAME`")
+
+
+def read_state(directory: Path) -> dict:
+    """The saved :meth:`Strategy.state_dict` of `directory`: state.safetensors + state.json, else state.pt."""
+    from .checkpoint import safe_torch_load
+
+    if (directory / STATE_TENSORS).is_file() or (directory / STATE_DATA).is_file():
+        return read_safetensors_state(directory)
+    return safe_torch_load(directory / "state.pt", "saved model state",
+                           f"copy the whole model folder again, or re-run the training that wrote {directory}")
+
+
+# --------------------------------------------------------------------------- the pickle-free layout
+
+
+def export_model(source: Path | str, target: Path | str) -> Path:
+    """Copy the saved model in `source` to `target` in the safetensors layout (no pickle); returns `target`.
+
+    strategy.json is copied; state.pt, read with ``weights_only=True``, becomes state.safetensors
+    (its tensors) and state.json (the plain data around them).
+    """
+    source, target = Path(source), Path(target)
+    _read_meta(source)
+    target.mkdir(parents=True, exist_ok=True)
+    (target / "strategy.json").write_bytes((source / "strategy.json").read_bytes())
+    write_safetensors_state(read_state(source), target)
+    return target
+
+
+def write_safetensors_state(state: dict, directory: Path | str) -> tuple[Path, Path]:
+    """Write a state dict as ``state.safetensors`` (tensors) and ``state.json`` (everything else)."""
+    from safetensors.torch import save_file
+
+    from .checkpoint import plain_state
+
+    directory = Path(directory)
+    tensors: dict = {}
+    skeleton = _encode(plain_state(state, "state"), "", tensors)
+    save_file(tensors, str(directory / STATE_TENSORS), metadata={"format": STATE_FORMAT})
+    atomic_write_text(directory / STATE_DATA, json.dumps({"format": STATE_FORMAT, "state": skeleton}, indent=1,
+                                                          allow_nan=False))
+    return directory / STATE_TENSORS, directory / STATE_DATA
+
+
+def read_safetensors_state(directory: Path | str) -> dict:
+    """Inverse of :func:`write_safetensors_state`; a missing, foreign or damaged file is a :class:`UserError`."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    directory = Path(directory)
+    fix = "download or copy the whole model folder again"
+    paths = directory / STATE_TENSORS, directory / STATE_DATA
+    for path in paths:
+        if not path.is_file():
+            raise UserError(f"{path} is missing: a model saved as safetensors needs both {STATE_TENSORS} and "
+                            f"{STATE_DATA}; {fix}")
+    try:
+        data = json.loads(paths[1].read_text())
+        tensors = load_file(str(paths[0]), device="cpu")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, SafetensorError) as exc:
+        raise UserError(f"{directory}: the saved state cannot be read ({' '.join(str(exc).split())[:200]}); "
+                        f"{fix}") from exc
+    found = data.get("format") if isinstance(data, dict) else None
+    if found != STATE_FORMAT:
+        raise UserError(f"{paths[1]} is not a cl_iad state (format {found!r}, expected {STATE_FORMAT!r}); {fix}")
+    return _decode(data["state"], tensors, paths[0])
+
+
+def _encode(value, key: str, tensors: dict):
+    """`value` as JSON data; tensors go to `tensors` under their path in the state (``model/memory_bank``)."""
+    import math
+
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        name, n = key or "tensor", 1
+        while name in tensors:
+            n += 1
+            name = f"{key}#{n}"
+        tensors[name] = value.detach().to("cpu").contiguous().clone()  # safetensors refuses shared storage
+        return {"__tensor__": name}
+    if isinstance(value, torch.dtype):
+        return {"__dtype__": str(value).removeprefix("torch.")}
+    if isinstance(value, torch.Size):
+        return {"__size__": list(value)}
+    if isinstance(value, float) and not math.isfinite(value):
+        return {"__float__": repr(value)}  # nan, inf, -inf: JSON has no spelling for them
+    if isinstance(value, tuple):
+        return {"__tuple__": [_encode(v, _join(key, i), tensors) for i, v in enumerate(value)]}
+    if isinstance(value, list):
+        return [_encode(v, _join(key, i), tensors) for i, v in enumerate(value)]
+    if isinstance(value, dict):
+        if all(isinstance(k, str) and not k.startswith("__") for k in value):
+            return {k: _encode(v, _join(key, k), tensors) for k, v in value.items()}
+        # int (or other non-string) keys: a list of pairs keeps their type
+        return {"__items__": [[k, _encode(v, _join(key, k), tensors)] for k, v in value.items()]}
+    return value
+
+
+def _join(key: str, part) -> str:
+    return f"{key}/{part}" if key else str(part)
+
+
+def _decode(value, tensors: dict, path: Path):
+    import torch
+
+    if isinstance(value, list):
+        return [_decode(v, tensors, path) for v in value]
+    if not isinstance(value, dict):
+        return value
+    if len(value) == 1:
+        (tag, inner), = value.items()
+        if tag == "__tensor__":
+            if inner not in tensors:
+                raise UserError(f"{path} lacks the tensor {inner!r} that {STATE_DATA} names; download or copy the "
+                                "whole model folder again")
+            return tensors[inner]
+        if tag == "__dtype__":
+            dtype = getattr(torch, str(inner), None)
+            if not isinstance(dtype, torch.dtype):
+                raise UserError(f"{path.with_name(STATE_DATA)} names an unknown dtype {inner!r}")
+            return dtype
+        if tag == "__size__":
+            return torch.Size(inner)
+        if tag == "__float__":
+            return float(inner)
+        if tag == "__tuple__":
+            return tuple(_decode(v, tensors, path) for v in inner)
+        if tag == "__items__":
+            return {k: _decode(v, tensors, path) for k, v in inner}
+    return {k: _decode(v, tensors, path) for k, v in value.items()}
 
 
 def saved_config(directory: Path | str, meta: dict | None = None):

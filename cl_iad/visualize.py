@@ -77,6 +77,8 @@ def save_examples(run_dir: Path, step: int, task_index: int, task_name: str, pat
 def example_grid(run_dir: Path | str, out: Path | str | None = None, tile: int = 128) -> Path:
     """A grid with one row per training step and one column per task, each cell an overlay of the
     same example image of that task; colour scales are shared within a column."""
+    from .scenarios.frames import open_image
+
     run_dir = Path(run_dir)
     files = sorted((run_dir / "examples").glob("step*_task*.npz"))
     if not files:
@@ -100,7 +102,7 @@ def example_grid(run_dir: Path | str, out: Path | str | None = None, tile: int =
                 continue
             amap, mask, path, name = cells[(s, t)]
             names[t] = name
-            with Image.open(path) as im:
+            with open_image(path) as im:  # an image file or a video frame
                 img = np.asarray(im.convert("RGB").resize(amap.shape[::-1]), dtype=np.float64) / 255
             rgb = overlay(img, amap, vmin, vmax, thresholds.get(name), mask)
             canvas[r * tile:(r + 1) * tile, t * tile:(t + 1) * tile] = np.asarray(

@@ -21,6 +21,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from ..errors import UserError
+from .frames import is_frame_ref, open_image
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +33,9 @@ class DatasetLayoutError(UserError, ValueError):
 @dataclass(frozen=True)
 class Sample:
     """One image on disk. `label` is 1 for anomalous.
+
+    `image_path` (and `mask_path`) may name a frame inside a video or mask volume,
+    ``.../clip.avi/000012.frame`` (see :mod:`.frames`): video datasets are read lazily, frame by frame.
 
     `mask_path` is None for normal images (an all-normal mask) and for anomalous images whose
     dataset has no ground truth; :attr:`ImageSet.has_pixel_gt` then turns pixel metrics to NaN.
@@ -57,7 +61,7 @@ def decode_samples(rows: Sequence[Sequence]) -> list[Sample]:
 
 def _load_image(path: Path, size: int) -> torch.Tensor:
     try:
-        with Image.open(path) as im:
+        with open_image(path) as im:  # a file, or a frame of a video (scenarios/frames.py)
             im = im.convert("RGB").resize((size, size), Image.BILINEAR)
             arr = np.asarray(im, dtype=np.float32) / 255.0
     except (OSError, ValueError) as exc:
@@ -69,12 +73,14 @@ def _load_image(path: Path, size: int) -> torch.Tensor:
 
 def _load_mask(path: Path, size: int, image_path: Path) -> torch.Tensor:
     try:
-        with Image.open(path) as im, Image.open(image_path) as ref:
-            if im.size != ref.size:
-                raise DatasetLayoutError(
-                    f"mask {path} is {im.size[0]}x{im.size[1]} but its image {image_path} is "
-                    f"{ref.size[0]}x{ref.size[1]}; a mask must match its image pixel for pixel."
-                )
+        with open_image(path) as im:
+            if not is_frame_ref(path):  # a frame's mask was checked against its video when the stream was built
+                with Image.open(image_path) as ref:
+                    if im.size != ref.size:
+                        raise DatasetLayoutError(
+                            f"mask {path} is {im.size[0]}x{im.size[1]} but its image {image_path} is "
+                            f"{ref.size[0]}x{ref.size[1]}; a mask must match its image pixel for pixel."
+                        )
             binary = _binarise(im)
             im = Image.fromarray(binary.astype(np.uint8) * 255).resize((size, size), Image.NEAREST)
             arr = np.asarray(im) > 0

@@ -1,5 +1,9 @@
 """Readers for public industrial anomaly datasets, each in the layout its publisher ships.
 
+The video datasets (UCSD Pedestrian, CUHK Avenue, ShanghaiTech Campus) are read by :mod:`.video`
+and registered here like the others; a reader's options follow its name after a colon
+(``shanghaitech:frame_stride=5``, see :func:`get_spec`).
+
 Every reader turns one category into train and test :class:`Sample` lists; :mod:`.streams`
 turns those into tasks. Files are checked when the stream is built (headers, sizes, PNG/BMP
 integrity), so a broken download fails in seconds rather than hours into training.
@@ -28,13 +32,15 @@ import logging
 import struct
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from . import video
 from .base import DatasetLayoutError, Sample
+from .frames import is_frame_ref
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +61,12 @@ class DatasetSpec:
     discover: Callable[[Path, DatasetSpec], list[str]]
     read: Callable[[Path, str, DatasetSpec, BadFiles], tuple[list[Sample], list[Sample]]]
     masks_required: bool = True
+    options: tuple[str, ...] = ()  # settings a reader takes after the name: "shanghaitech:frame_stride=5"
+    settings: tuple[tuple[str, int], ...] = ()  # the values given (see get_spec)
+
+    def option(self, name: str, default: int | None = None) -> int | None:
+        """The value of a reader option given after the dataset name, else `default`."""
+        return dict(self.settings).get(name, default)
 
     def error(self, message: str) -> DatasetLayoutError:
         """A layout error that shows the expected tree and the publisher's page."""
@@ -326,15 +338,49 @@ DATASETS: dict[str, DatasetSpec] = {
               "<root>/<category>/ground_truth/<defect>/<image stem>_mask.png   (optional: without masks "
               "pixel metrics are NaN)"),
         (), _discover_with(("train", "good")), _read_folder, masks_required=False),
+    # video datasets (cl_iad/scenarios/video.py): every frame is an image; frames of videos are decoded lazily
+    "ucsdped": DatasetSpec(
+        "ucsdped", "UCSD Pedestrian (UCSDped1, UCSDped2)",
+        "UCSD Anomaly Detection Dataset (svcl.ucsd.edu/projects/anomaly/dataset.htm)", video.UCSD_LAYOUT,
+        video.UCSD_CATEGORIES, video.discover_ucsd, video.read_ucsd, options=video.VIDEO_OPTIONS),
+    "avenue": DatasetSpec(
+        "avenue", "CUHK Avenue", "CUHK Avenue (cse.cuhk.edu.hk/leojia/projects/detectabnormal/dataset.html)",
+        video.AVENUE_LAYOUT, ("avenue",), video.discover_avenue, video.read_avenue,
+        options=(*video.VIDEO_OPTIONS, "tasks")),
+    "shanghaitech": DatasetSpec(
+        "shanghaitech", "ShanghaiTech Campus", "ShanghaiTech Campus (svip-lab.github.io/dataset/campus_dataset.html)",
+        video.SHANGHAITECH_LAYOUT, video.SHANGHAITECH_SCENES, video.discover_shanghaitech, video.read_shanghaitech,
+        options=video.VIDEO_OPTIONS),
 }
 
 
 def get_spec(name: str) -> DatasetSpec:
-    """The spec of a registered dataset name."""
+    """The spec of a registered dataset name, with reader options after a colon.
+
+    ``"shanghaitech:frame_stride=5,frames_per_clip=40"`` is the ShanghaiTech reader with those
+    options (positive integers); a name without a colon takes the reader's defaults.
+    """
+    base, sep, text = name.partition(":")
     try:
-        return DATASETS[name]
+        spec = DATASETS[base.strip()]
     except KeyError:
-        raise ValueError(f"unknown dataset {name!r}; choose from {', '.join(DATASETS)} or synthetic") from None
+        raise ValueError(f"unknown dataset {base.strip()!r}; choose from {', '.join(DATASETS)} or synthetic") from None
+    return _with_options(spec, text) if sep else spec
+
+
+def _with_options(spec: DatasetSpec, text: str) -> DatasetSpec:
+    if not spec.options:
+        raise ValueError(f"dataset {spec.name!r} takes no options; drop ':{text}'")
+    settings = {}
+    for item in (t.strip() for t in text.split(",") if t.strip()):
+        key, eq, value = (part.strip() for part in item.partition("="))
+        if key not in spec.options or not eq:
+            raise ValueError(f"dataset option {item!r}: {spec.name} takes {', '.join(f'{o}=N' for o in spec.options)} "
+                             f"(e.g. {spec.name}:{spec.options[0]}=5)")
+        if not value.isdigit() or int(value) < 1:
+            raise ValueError(f"dataset option {key}={value!r} of {spec.name} must be a positive integer")
+        settings[key] = int(value)
+    return replace(spec, settings=tuple(sorted(settings.items())))
 
 
 # --------------------------------------------------------------------------- file checks
@@ -359,6 +405,8 @@ def _decode(path: Path) -> None:
 
 def _check_one(sample: Sample) -> str | None:
     """Why `sample` cannot be used, or None. Reads headers and verifies PNG/BMP integrity and JPEG ends."""
+    if is_frame_ref(sample.image_path):
+        return None  # a video frame: the video was opened and decoded when its reader listed it
     try:
         with Image.open(sample.image_path) as im:
             size = im.size
@@ -368,8 +416,8 @@ def _check_one(sample: Sample) -> str | None:
             _decode(sample.image_path)  # trailing bytes after the marker are legal: decide by decoding
     except PIL_ERRORS as exc:
         return f"cannot read image {sample.image_path}: {exc!s} (the file is missing, truncated or not an image)."
-    if sample.mask_path is None:
-        return None
+    if sample.mask_path is None or is_frame_ref(sample.mask_path):
+        return None  # a frame of a mask volume: its length and frame size were checked by the reader
     try:
         with Image.open(sample.mask_path) as m:
             msize = m.size

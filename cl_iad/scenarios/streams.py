@@ -16,6 +16,7 @@ from pathlib import Path
 
 from .base import DatasetLayoutError, ImageSet, Sample, Scenario, Task, order_label, resolve_order
 from .datasets import BadFiles, DatasetSpec, check_files, get_spec
+from .remote import resolve_root
 
 log = logging.getLogger(__name__)
 
@@ -145,10 +146,11 @@ def load_stream(
     :class:`DatasetLayoutError`. `check` verifies every file at construction.
     """
     names = _datasets(dataset)
-    roots_list = [Path(r) for r in _split_list(root)]
-    if len(roots_list) != len(names):
+    given = _split_list(root)
+    if len(given) != len(names):
         raise ValueError(f"dataset {'+'.join(names)} needs {len(names)} root(s), one per dataset, "
-                         f"comma-separated; got {len(roots_list)}: {[str(r) for r in roots_list]}")
+                         f"comma-separated; got {len(given)}: {[str(r) for r in given]}")
+    roots_list = [resolve_root(r) for r in given]  # hf://ORG/NAME[@REV]: a dataset repository, via the Hub cache
     specs = {d: get_spec(d) for d in names}
     roots = dict(zip(names, roots_list, strict=True))
     prefix = len(names) > 1
