@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from .errors import CheckpointError
+from .errors import CheckpointError, disk_errors
 from .scenarios.base import decode_samples, encode_samples  # noqa: F401 - re-exported; they live beside Sample now
 
 if TYPE_CHECKING:
@@ -164,15 +164,25 @@ def _first_line(exc: BaseException, limit: int = 160) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def atomic_torch_save(obj: object, path: Path) -> None:
-    """``torch.save`` of :func:`plain_state` (`obj`) to a temporary file, fsync, then rename over `path`."""
+def atomic_torch_save(obj: object, path: Path, what: str = "") -> None:
+    """``torch.save`` of :func:`plain_state` (`obj`) to a temporary file, fsync, then rename over `path`.
+
+    A full or read-only disk raises :class:`~cl_iad.errors.WriteError` naming `path` and `what` (torch
+    reports it as "unexpected pos"); the temporary file is removed and the old `path` left as it was.
+    """
     obj = plain_state(obj, path.name)
     tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("wb") as fh:
-        torch.save(obj, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    with disk_errors(what, file=path):
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with tmp.open("wb") as fh:
+                torch.save(obj, fh)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
     _fsync_dir(path.parent)
 
 
@@ -201,12 +211,11 @@ class Checkpointer:
 
     def save(self, strategy: Strategy, task_index: int) -> Path:
         """Checkpoint `strategy` right after it was fitted on task `task_index`."""
-        self.directory.mkdir(parents=True, exist_ok=True)
         payload = {"format": FORMAT, "settings_digest": self.digest, "task_index": task_index,
                    "task_names": self.task_names, "settings": json.dumps(self.settings, sort_keys=True),
                    "strategy": strategy.state_dict()}
         path = self.path(task_index)
-        atomic_torch_save(payload, path)
+        atomic_torch_save(payload, path, f"the checkpoint after task {self.task_names[task_index]}")
         # checkpoints of later tasks are left over from another run in this folder: this run has
         # replaced that future, and keeping them would make the cleanup below delete the new one
         older = [p for i, p in self.existing() if i <= task_index]

@@ -12,7 +12,9 @@ the loop calls them and knows none of their details. Hooks of one run come in th
     close()                                always, also after an error
 
 A recorder that raises in ``on_cell`` leaves its cell out of cells.csv, so a restart computes
-the cell (and the recorder's extras) again: a cell in cells.csv always has its extras.
+the cell (and the recorder's extras) again: a cell in cells.csv always has its extras. A full or
+read-only disk met in a hook becomes a :class:`~cl_iad.errors.WriteError` naming the file and the
+recorder's ``writes``.
 Recorders are called in list order; :func:`builtin_recorders` gives the built-in list, and
 ``run(..., recorders=[...])`` appends yours after it.
 """
@@ -30,7 +32,8 @@ import numpy as np
 import pandas as pd
 
 from .checkpoint import Checkpointer
-from .results import METRICS, ResultStore, atomic_write_text, chance_baseline, matrix, write_tables
+from .errors import disk_errors
+from .results import METRICS, ResultStore, atomic_write_text, chance_baseline, matrix, whole_appends, write_tables
 from .scenarios.base import Scenario, Task
 
 if TYPE_CHECKING:
@@ -117,7 +120,12 @@ class Cell:
 
 
 class Recorder:
-    """Base class of recorders: every hook does nothing; override the ones you need (order: module docstring)."""
+    """Base class of recorders: every hook does nothing; override the ones you need (order: module docstring).
+
+    `writes` says what the recorder writes, for the message of a full or read-only disk.
+    """
+
+    writes: str = ""
 
     def on_run_start(self, ctx: RunContext) -> None:
         """Before any task is fitted; the run directory and config.json exist."""
@@ -146,23 +154,28 @@ class Recorders(Recorder):
 
     def on_run_start(self, ctx: RunContext) -> None:
         for r in self.recorders:
-            r.on_run_start(ctx)
+            with disk_errors(r.writes, ctx.run_dir):
+                r.on_run_start(ctx)
 
     def on_task_fitted(self, ctx: RunContext, i: int, task: Task) -> None:
         for r in self.recorders:
-            r.on_task_fitted(ctx, i, task)
+            with disk_errors(r.writes, ctx.run_dir):
+                r.on_task_fitted(ctx, i, task)
 
     def on_cell(self, ctx: RunContext, cell: Cell) -> None:
         for r in self.recorders:
-            r.on_cell(ctx, cell)
+            with disk_errors(r.writes, ctx.run_dir):
+                r.on_cell(ctx, cell)
 
     def on_row_end(self, ctx: RunContext, i: int, row: dict[str, float]) -> None:
         for r in self.recorders:
-            r.on_row_end(ctx, i, row)
+            with disk_errors(r.writes, ctx.run_dir):
+                r.on_row_end(ctx, i, row)
 
     def on_run_end(self, ctx: RunContext, result: RunResult) -> None:
         for r in self.recorders:
-            r.on_run_end(ctx, result)
+            with disk_errors(r.writes, ctx.run_dir):
+                r.on_run_end(ctx, result)
 
     def close(self) -> None:
         """Close every recorder, even if one fails; the first failure is raised after all are closed."""
@@ -180,6 +193,8 @@ class Recorders(Recorder):
 class ConfigFile(Recorder):
     """Writes the run's full configuration (e.g. ``Config.to_dict()``) to ``RUN_DIR/config.yaml``,
     so the run can be repeated; config.json keeps the settings that resuming compares."""
+
+    writes = "config.yaml, the run's full configuration"
 
     def __init__(self, spec: dict) -> None:
         if not isinstance(spec, dict):
@@ -205,6 +220,8 @@ class Checkpoints(Recorder):
     """Restores the newest usable checkpoint at the start (setting ``ctx.resumed``) and saves the
     strategy right after each task is fitted (see :mod:`cl_iad.checkpoint`)."""
 
+    writes = "a checkpoint"
+
     def __init__(self, keep: int = 1) -> None:
         self.keep = keep
         self.checkpointer: Checkpointer | None = None
@@ -220,6 +237,8 @@ class Checkpoints(Recorder):
 class Tables(Recorder):
     """Derives matrix_<metric>.csv and summary.json from cells.csv; fills ``result.matrices`` and ``.summary``."""
 
+    writes = "the matrices and summary.json"
+
     def on_run_end(self, ctx: RunContext, result: RunResult) -> None:
         cells = ctx.store.cells()
         baselines = {m: [chance_baseline(m, *ctx.truth(j)) if m in METRICS else float("nan")
@@ -230,6 +249,8 @@ class Tables(Recorder):
 
 class Plots(Recorder):
     """A heatmap and forgetting curves per metric in ``RUN_DIR/plots``; appended to ``result.plots``."""
+
+    writes = "the plots"
 
     def on_run_end(self, ctx: RunContext, result: RunResult) -> None:
         from .plots import forgetting_curves, matrix_heatmap
@@ -248,8 +269,10 @@ class Thresholds(Recorder):
     """Decision thresholds in ``RUN_DIR/thresholds.jsonl``: each seen task's, per cell; at the end one
     fitted on the last row's predictions pooled (eval_task "*"), and their drift (thresholds_drift.json)."""
 
+    writes = "the decision thresholds"
+
     def __init__(self) -> None:
-        self.pooled: list[tuple] = []  # last-row predictions (pixels subsampled) for the all-task threshold
+        self.pooled: dict[int, tuple] = {}  # task j -> its last-row predictions, for the all-task threshold
 
     def on_cell(self, ctx: RunContext, cell: Cell) -> None:
         from .thresholds import append_record, fit_task_thresholds, pooled_sample
@@ -259,27 +282,43 @@ class Thresholds(Recorder):
             has_map = pred.anomaly_map is not None and has_gt
             rec = fit_task_thresholds(pred.pred_score, cell.labels, pred.anomaly_map if has_map else None,
                                       cell.masks if has_map else None)
-            append_record(ctx.run_dir, {"trained_upto": cell.i, "trained_task": cell.trained.name,
-                                        "eval_task": cell.evaluated.name, **rec})
+            with whole_appends(ctx.run_dir / "thresholds.jsonl"):  # a full disk leaves no torn line
+                append_record(ctx.run_dir, {"trained_upto": cell.i, "trained_task": cell.trained.name,
+                                            "eval_task": cell.evaluated.name, **rec})
         if cell.i == ctx.n_tasks - 1:
-            self.pooled.append(pooled_sample(pred.pred_score, cell.labels, pred.anomaly_map, cell.masks, has_gt))
+            self.pooled[cell.j] = pooled_sample(pred.pred_score, cell.labels, pred.anomaly_map, cell.masks, has_gt)
 
     def on_run_end(self, ctx: RunContext, result: RunResult) -> None:
         from .thresholds import append_record, load_thresholds, pooled_thresholds, threshold_drift
 
         last = ctx.n_tasks - 1
-        if self.pooled:
-            append_record(ctx.run_dir, {"trained_upto": last, "trained_task": ctx.names[-1], "eval_task": "*",
-                                        **pooled_thresholds(self.pooled)})
+        if "*" not in load_thresholds(ctx.run_dir).get(last, {}):  # present: a finished run restarted
+            self._pool_the_rest(ctx)
+            with whole_appends(ctx.run_dir / "thresholds.jsonl"):
+                append_record(ctx.run_dir, {"trained_upto": last, "trained_task": ctx.names[-1], "eval_task": "*",
+                                            **pooled_thresholds([self.pooled[j] for j in sorted(self.pooled)])})
         history = load_thresholds(ctx.run_dir)
         per_task = {i: {k: v for k, v in row.items() if k != "*"} for i, row in history.items()}
         drift = {kind: threshold_drift(per_task, kind) for kind in ("image", "pixel")}
         atomic_write_text(ctx.run_dir / "thresholds_drift.json", json.dumps(drift, indent=2))
 
+    def _pool_the_rest(self, ctx: RunContext) -> None:
+        """Predict the last-row tasks whose cells a stopped process evaluated, so that the all-task threshold
+        of a resumed run pools every task, as an uninterrupted run's does."""
+        from .thresholds import pooled_sample
+
+        for j in (j for j in range(ctx.n_tasks) if j not in self.pooled):
+            test = ctx.scenario[j].test
+            pred = ctx.strategy.predict(test, task_id=j if ctx.strategy.task_aware else None)
+            labels, masks = ctx.truth(j)
+            self.pooled[j] = pooled_sample(pred.pred_score, labels, pred.anomaly_map, masks, test.has_pixel_gt)
+
 
 class Examples(Recorder):
     """A few anomalous images' maps per cell in ``RUN_DIR/examples`` (for ``cl-iad show``) and, at the
     end, their step × task grid (appended to ``result.plots``)."""
+
+    writes = "the example heatmaps"
 
     def __init__(self, per_cell: int = 2) -> None:
         self.per_cell = per_cell
@@ -306,6 +345,8 @@ class ModelSaver(Recorder):
     """The final strategy and each task's last thresholds in ``RUN_DIR/model``, for ``cl-iad predict``
     (see :mod:`cl_iad.deploy`); after :class:`Thresholds`, whose all-task threshold it includes."""
 
+    writes = "the saved model for cl-iad predict"
+
     def on_run_end(self, ctx: RunContext, result: RunResult) -> None:
         from .deploy import save_strategy
         from .thresholds import load_thresholds
@@ -318,6 +359,8 @@ class ModelSaver(Recorder):
 
 class WandbLogger(Recorder):
     """One W&B run: each row as a step, then the matrices, summary and plots; last, so it sees every plot."""
+
+    writes = "the W&B run files"
 
     def __init__(self, mode: str, group: str | None = None) -> None:
         self.mode, self.group = mode, group

@@ -1,4 +1,5 @@
-"""Result storage: one row per cell, appended durably, and the tables derived from the cells.
+"""Result storage: one row per cell, appended durably, the tables derived from the cells, and the
+lock that gives one process at a time a run directory.
 
 ``cells.csv`` is the single source of truth; matrices and the summary are pure functions of
 it, so they can always be rebuilt from a (possibly interrupted) run directory.
@@ -11,14 +12,19 @@ import json
 import logging
 import math
 import os
+import socket
+import sys
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from . import metrics as M
+from .errors import RunLocked, disk_errors
 
 log = logging.getLogger(__name__)
 CELL_COLUMNS = ("trained_upto", "trained_task", "eval_task", "metric", "value")
@@ -52,20 +58,25 @@ class ResultStore:
         return pd.DataFrame(rows, columns=list(CELL_COLUMNS))
 
     def append(self, rows: Iterable[tuple[int, str, str, str, float]]) -> None:
-        """Durably append cells (trained_upto, trained_task, eval_task, metric, value)."""
-        new = not self.path.exists()
-        if not new:
-            self._repair_tail()
-        buf = []
-        if new:
-            buf.append(",".join(CELL_COLUMNS) + "\n")
-        for r in rows:
-            buf.append(f"{int(r[0])},{_csv(r[1])},{_csv(r[2])},{r[3]},{float(r[4])!r}\n")
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        with self.path.open("a", newline="") as fh:
-            fh.write("".join(buf))
-            fh.flush()
-            os.fsync(fh.fileno())
+        """Durably append cells (trained_upto, trained_task, eval_task, metric, value).
+
+        A full or read-only disk raises :class:`~cl_iad.errors.WriteError`; the rows written before
+        stay intact and a part written of these rows is cut off, so the cells are all in or all out.
+        """
+        rows = list(rows)
+        what = f"the cell after training {rows[0][1]}, evaluated on {rows[0][2]}" if rows else "its header"
+        with disk_errors(what, file=self.path):
+            new = not self.path.exists()
+            if not new:
+                self._repair_tail()
+            buf = []
+            if new:
+                buf.append(",".join(CELL_COLUMNS) + "\n")
+            for r in rows:
+                buf.append(f"{int(r[0])},{_csv(r[1])},{_csv(r[2])},{r[3]},{float(r[4])!r}\n")
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            with appending(self.path, newline="") as fh:
+                fh.write("".join(buf))
 
     def _repair_tail(self) -> None:
         """Cut a partial last line left by a crash, so appends start on a fresh line."""
@@ -73,6 +84,30 @@ class ResultStore:
         if data and not data.endswith(b"\n"):
             with self.path.open("r+b") as fh:
                 fh.truncate(data.rfind(b"\n") + 1)
+
+
+@contextmanager
+def appending(path: Path, **open_kwargs) -> Iterator:
+    """Open `path` to append, flush and fsync at the end; see :func:`whole_appends`."""
+    with whole_appends(path), Path(path).open("a", **open_kwargs) as fh:
+        yield fh
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+@contextmanager
+def whole_appends(path: Path | str) -> Iterator[None]:
+    """If the block fails (a full disk), cut `path` back to its size before the block, so what it appended
+    is all in or all out and no torn line is left for the next reader. Cutting a file needs no space."""
+    path = Path(path)
+    size = path.stat().st_size if path.exists() else 0
+    try:
+        yield
+    except BaseException:
+        if path.exists() and path.stat().st_size > size:
+            with path.open("r+b") as fh:
+                fh.truncate(size)
+        raise
 
 
 def _csv(text: str) -> str:
@@ -126,7 +161,38 @@ def summarise(R: pd.DataFrame, task_aware: bool, definition: str = "chaudhry",
         "fm_per_task": {names[j]: _num(v) for j, v in enumerate(fm)},
         "forgetting_definition": definition,
         "task_aware": task_aware,
+        "forgetting": forgetting_side_by_side(R),
     }
+
+
+# The forgetting averages summary.json gives side by side (each labelled with its source), besides `fm`.
+SIDE_BY_SIDE = ("chaudhry", "im-iad")
+
+
+def forgetting_side_by_side(R: pd.DataFrame, R_joint: pd.DataFrame | None = None) -> dict:
+    """Chaudhry's and IM-IAD's average forgetting of `R` and the "joint minus continual" gap, each with its definition.
+
+    The gap needs the matrix of a joint run of the same settings (`R_joint`); without one it is null, and
+    ``cl-iad report`` fills it in when such a run sits beside this one.
+    """
+    from .metrics.continual import FORGETTING_LABELS, joint_gap
+
+    continual = logging.getLogger(M.continual.__name__)
+    level = continual.level
+    out = {}
+    for n, definition in enumerate(SIDE_BY_SIDE):
+        if n:  # the same NaN cells as the first definition: warned about once
+            continual.setLevel(logging.ERROR)
+        try:
+            out[definition] = {"fm": _num(M.average_forgetting(R, definition)),
+                               "definition": FORGETTING_LABELS[definition]}
+        finally:
+            continual.setLevel(level)
+    gap = None if R_joint is None else _num(joint_gap(R, R_joint))
+    note = "" if R_joint is not None else "; null here: `cl-iad report` computes it when a joint run of the same " \
+                                           "settings is found beside this run"
+    out["joint-gap"] = {"fm": gap, "definition": FORGETTING_LABELS["joint-gap"] + note}
+    return out
 
 
 def skipped_tasks(R: pd.DataFrame) -> list[str]:
@@ -182,8 +248,125 @@ def _quiet_if_only_skipped(R: pd.DataFrame) -> Iterator[None]:
         continual.removeFilter(hush)
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write via a temporary file and rename, so readers never see half a file."""
+def atomic_write_text(path: Path, text: str, what: str = "") -> None:
+    """Write via a temporary file and rename, so readers never see half a file.
+
+    A full or read-only disk raises :class:`~cl_iad.errors.WriteError` naming `path` and `what`;
+    the old file, if any, is left as it was.
+    """
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    with disk_errors(what, file=path):
+        try:
+            tmp.write_text(text)
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+
+# -- one process per run directory ---------------------------------------------------------------------------
+class RunLock:
+    """An OS lock on ``RUN_DIR/.lock``, so one process at a time writes a run directory.
+
+    The lock belongs to the open file, so it dies with its process: a run killed with ``kill -9``
+    never leaves a lock that blocks the next one. Who holds it (pid, host, start time, command)
+    is written beside it, in ``RUN_DIR/.lock.owner``, for the message of a second launch.
+    `wait` makes :meth:`acquire` wait for the holder to finish instead of raising
+    :class:`~cl_iad.errors.RunLocked`.
+    """
+
+    def __init__(self, run_dir: Path | str, wait: bool = False, poll_s: float = 0.5) -> None:
+        self.run_dir = Path(run_dir)
+        self.path = self.run_dir / ".lock"
+        self.owner_path = self.run_dir / ".lock.owner"
+        self.wait, self.poll_s = wait, poll_s
+        self._fd: int | None = None
+
+    def __enter__(self) -> RunLock:  # noqa: PYI034 - acquire() returns self
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    def acquire(self) -> RunLock:
+        """Take the lock (waiting for it with `wait`), then write who holds it; return self."""
+        with disk_errors("the run directory's lock", file=self.path):
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        told = False
+        while not _try_lock(fd, self.path):
+            if not self.wait:
+                os.close(fd)
+                raise RunLocked(self.run_dir, self.holder())
+            if not told:
+                log.warning("%s is in use by another cl-iad run (%s); waiting for it to finish (--wait)",
+                            self.run_dir, self.holder())
+                told = True
+            time.sleep(self.poll_s)
+        self._fd = fd
+        owner = {"pid": os.getpid(), "host": socket.gethostname(),
+                 "started": datetime.now().astimezone().isoformat(timespec="seconds"),
+                 "command": " ".join(sys.argv)}
+        try:
+            atomic_write_text(self.owner_path, json.dumps(owner), "the run directory's lock owner")
+        except BaseException:
+            self.release()
+            raise
+        return self
+
+    def release(self) -> None:
+        """Let the next process in (the lock file stays: deleting it would race with a waiting process)."""
+        if self._fd is None:
+            return
+        self.owner_path.unlink(missing_ok=True)
+        try:
+            _unlock(self._fd)
+        except OSError:
+            pass  # closing the file releases the lock anyway
+        os.close(self._fd)
+        self._fd = None
+
+    def holder(self) -> str:
+        """Who holds the lock, from ``.lock.owner``, e.g. "pid 4242 on host node7, started 2025-01-31T09:12:03"."""
+        for _ in range(20):  # the holder writes the file right after it locks: give it a moment
+            try:
+                owner = json.loads(self.owner_path.read_text())
+                return f"pid {owner['pid']} on host {owner['host']}, started {owner['started']}"
+            except (OSError, ValueError, KeyError, TypeError):
+                time.sleep(0.05)
+        return f"a process that has not written {self.owner_path.name} yet"
+
+
+def _try_lock(fd: int, path: Path) -> bool:
+    """Take the OS lock on `fd` without waiting; False if another open file holds it. A file system without
+    locks (some network mounts) gets a warning and no lock: the run goes on, unguarded."""
+    if sys.platform == "win32":
+        import msvcrt
+
+        try:
+            os.lseek(fd, 0, os.SEEK_SET)
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+        except OSError:
+            return False
+        return True
+    import fcntl
+
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    except OSError as exc:  # ENOLCK, EOPNOTSUPP: this file system cannot lock
+        log.warning("cannot lock %s (%s): a second launch of this run will not be detected; keep to one", path, exc)
+    return True
+
+
+def _unlock(fd: int) -> None:
+    if sys.platform == "win32":
+        import msvcrt
+
+        os.lseek(fd, 0, os.SEEK_SET)
+        msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
+    else:
+        import fcntl
+
+        fcntl.flock(fd, fcntl.LOCK_UN)

@@ -21,9 +21,9 @@ import numpy as np
 
 from . import metrics as M
 from .checkpoint import seeded
-from .errors import UserError
+from .errors import Terminated, UserError, disk_errors, signals_as_exceptions, signals_deferred
 from .recorders import Cell, Recorder, Recorders, RunContext, RunResult, builtin_recorders
-from .results import METRICS, ResultStore, atomic_write_text
+from .results import METRICS, ResultStore, RunLock, atomic_write_text
 from .scenarios.base import Scenario, Task
 from .strategies.base import Predictions, Strategy
 from .thresholds import load_thresholds
@@ -145,7 +145,7 @@ def _prepare_run_dir(run_dir: Path, config: dict, overwrite: bool) -> None:
             (run_dir / name).unlink(missing_ok=True)
         shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
     run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(cfg_path, json.dumps(config, indent=2, default=str))
+    atomic_write_text(cfg_path, json.dumps(config, indent=2, default=str), "the run's settings")
 
 
 def run(
@@ -163,6 +163,7 @@ def run(
     save_model: bool = True,
     spec: dict | None = None,
     recorders: Sequence[Recorder] = (),
+    wait: bool = False,
 ) -> RunResult:
     """Train `strategy` on each task of `scenario` and evaluate every task after each one.
 
@@ -178,19 +179,33 @@ def run(
 
     Results go to the recorders of :func:`~cl_iad.recorders.builtin_recorders` (``checkpoint=False``,
     ``save_model=False`` and ``wandb="off"`` leave theirs out), then to your own `recorders`, in order.
+
+    Faults (docs/faults.md): one process at a time owns the run directory (another gets
+    :class:`~cl_iad.errors.RunLocked`, or waits with `wait`); a full or read-only disk raises
+    :class:`~cl_iad.errors.WriteError`; SIGTERM raises :class:`~cl_iad.errors.Terminated` and Ctrl-C
+    KeyboardInterrupt, both between cells, never inside a cell's or a checkpoint's writes. In every
+    case the cells in cells.csv stay whole and the same call resumes.
     """
     from .wandb_log import require_wandb_login
 
     require_wandb_login(wandb)  # before any file is written or task fitted
+    metrics = _check_metrics(strategy, metrics)
+    name = name or run_name(scenario, strategy)
+    run_dir = Path(out_dir) / name
     hooks = Recorders([*builtin_recorders(wandb, wandb_group, checkpoint, save_model, spec), *recorders])
-    ctx = _start(strategy, scenario, out_dir, name, metrics, overwrite, extra_config)
-    try:
-        hooks.on_run_start(ctx)
-        _loop(ctx, hooks, progress)
-        result = RunResult(ctx.run_dir, {}, {}, [])
-        hooks.on_run_end(ctx, result)
-    finally:
-        hooks.close()
+    with signals_as_exceptions(), RunLock(run_dir, wait=wait), disk_errors("the run's results", run_dir):
+        try:
+            ctx = _start(strategy, scenario, run_dir, name, metrics, overwrite, extra_config)
+            try:
+                hooks.on_run_start(ctx)
+                _loop(ctx, hooks, progress)
+                result = RunResult(ctx.run_dir, {}, {}, [])
+                hooks.on_run_end(ctx, result)
+            finally:
+                hooks.close()
+        except (Terminated, KeyboardInterrupt) as exc:
+            exc.run_dir = run_dir  # for the command line's message: what is kept where
+            raise
     return result
 
 
@@ -204,33 +219,38 @@ def _loop(ctx: RunContext, hooks: Recorder, progress: bool) -> None:
             if i > ctx.resumed:
                 with seeded(ctx.strategy.seed, i):
                     ctx.strategy.fit_task(task, ctx.scenario)
-                hooks.on_task_fitted(ctx, i, task)
+                with signals_deferred():  # the checkpoint is written whole
+                    hooks.on_task_fitted(ctx, i, task)
             row: dict[str, float] = {}
             for j, other in enumerate(ctx.scenario):
                 todo = [m for m in ctx.metrics if (i, other.name, m) not in ctx.done]
                 if todo:
                     bar.set_postfix_str(f"eval {other.name}")
                     cell = _evaluate_cell(ctx, i, task, j, other, todo)
-                    hooks.on_cell(ctx, cell)  # extras first: a cell in cells.csv always has them
-                    ctx.store.append(cell.rows())
+                    with signals_deferred():  # SIGTERM or Ctrl-C: the cell is written whole, then the run stops
+                        hooks.on_cell(ctx, cell)  # extras first: a cell in cells.csv always has them
+                        ctx.store.append(cell.rows())
                     row.update({f"{m}/{other.name}": v for m, v in cell.values.items()})
                 bar.update(1)
             hooks.on_row_end(ctx, i, row)
 
 
-def _start(strategy: Strategy, scenario: Scenario, out_dir: Path | str, name: str | None, metrics: Sequence[str],
-           overwrite: bool, extra_config: dict | None) -> RunContext:
-    """Check the metrics, prepare the run directory (config.json) and read the cells already done."""
+def _check_metrics(strategy: Strategy, metrics: Sequence[str]) -> list[str]:
+    """The metrics of the run (routing accuracy added when the strategy routes); unknown ones are refused."""
     unknown = [m for m in metrics if m not in METRIC_FUNCTIONS]
     if unknown:
         raise ValueError(f"unknown metrics {unknown}; choose from {list(METRIC_FUNCTIONS)}")
-    metrics = [*metrics, ROUTING_METRIC] if strategy.routes else list(metrics)
-    name = name or run_name(scenario, strategy)
-    run_dir = Path(out_dir) / name
+    return [*metrics, ROUTING_METRIC] if strategy.routes else list(metrics)
+
+
+def _start(strategy: Strategy, scenario: Scenario, run_dir: Path, name: str, metrics: list[str],
+           overwrite: bool, extra_config: dict | None) -> RunContext:
+    """Prepare the run directory (config.json) and read the cells already done."""
     settings = {"dataset": scenario.dataset, "root": str(scenario.root), "tasks": scenario.names,
                 **scenario.info, **strategy.config(), "preset": getattr(strategy.model, "preset_", None),
                 "metrics": list(metrics), **(extra_config or {})}
-    _prepare_run_dir(run_dir, {"name": name, "settings": settings, "versions": package_versions()}, overwrite)
+    with signals_deferred():  # --overwrite's deletions and config.json: all or nothing
+        _prepare_run_dir(run_dir, {"name": name, "settings": settings, "versions": package_versions()}, overwrite)
     store = ResultStore(run_dir)
     done = {(r.trained_upto, r.eval_task, r.metric) for r in store.cells().itertuples(index=False)}
     warn_undefined_tasks(scenario)
