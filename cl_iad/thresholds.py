@@ -8,12 +8,15 @@ image scores and for pixel maps, and report how thresholds drift across training
 from __future__ import annotations
 
 import json
+import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 NO_POSITIVES = "the test set has no anomalous {what}, so no F1-optimal threshold exists"
 
@@ -156,10 +159,17 @@ def load_thresholds(run_dir: Path | str) -> dict[int, dict[Any, dict]]:
     history: dict[int, dict] = {}
     path = Path(run_dir) / "thresholds.jsonl"
     if path.is_file():
-        for line in path.read_text().splitlines():
-            if line.strip():
+        lines = [line for line in path.read_text().splitlines() if line.strip()]
+        for n, line in enumerate(lines):
+            try:
                 rec = json.loads(line)
-                history.setdefault(rec["trained_upto"], {})[rec["eval_task"]] = rec
+            except json.JSONDecodeError:
+                if n == len(lines) - 1:  # a line torn by a crash: its cell was never stored, so it is redone
+                    log.warning("%s: ignoring a torn last line (written when a run stopped)", path)
+                    continue
+                raise ValueError(f"{path} line {n + 1} is not JSON; delete the file and rerun the same command to "
+                                 "rebuild it from the run") from None
+            history.setdefault(rec["trained_upto"], {})[rec["eval_task"]] = rec
     return history
 
 

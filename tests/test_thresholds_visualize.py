@@ -77,3 +77,13 @@ def test_every_run_writes_thresholds_and_an_example_grid(tiny_stream, tmp_path, 
     assert (result.run_dir / "plots" / "examples_grid.png").stat().st_size > 5000
     out = tmp_path / "grid.png"
     assert main(["show", str(result.run_dir), "--out", str(out)]) == 0 and out.stat().st_size > 5000
+
+
+def test_a_torn_last_line_of_thresholds_jsonl_is_ignored(tmp_path):
+    import json
+
+    from cl_iad.thresholds import load_thresholds
+
+    good = {"trained_upto": 0, "trained_task": "a", "eval_task": "a", "image": {"threshold": 0.5}}
+    (tmp_path / "thresholds.jsonl").write_text(json.dumps(good) + "\n" + '{"trained_upto": 0, "eval_ta')
+    assert load_thresholds(tmp_path) == {0: {"a": good}}
