@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from cl_iad.backbones import WeightsError
-from cl_iad.models.registry import MODEL_INFOS, build_model
+from cl_iad.models.base import FitContext
+from cl_iad.models.registry import MODEL_INFOS, build_model, model_info
 from cl_iad.strategies import Strategy
 from cl_iad.strategies.ewc import EWC
 from cl_iad.strategies.lwf import LwF
@@ -143,3 +145,78 @@ def test_dfkde_with_too_few_images_for_its_pca_says_so():
     model = build_model("dfkde", n_pca_components=8)
     with pytest.raises(ValueError, match="more than n_pca_components=8"):
         model.fit_features(torch.rand(8, 40))
+
+
+class _Images(torch.utils.data.Dataset):
+    """In-memory 64x64 images, distinguishable by their index (the value of every pixel)."""
+
+    image_size = 64
+
+    def __init__(self, n: int) -> None:
+        self.images = torch.arange(n, dtype=torch.float32).div(n).view(n, 1, 1, 1).expand(n, 3, 64, 64)
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        return {"image": self.images[i]}
+
+
+def test_cflow_steps_once_per_fibre_batch_with_the_penalty_in_every_step():
+    model = build_model("cflow", preset="light", batch_size=2, fiber_batch_size=16).setup(64)
+    fibres_per_penalty = []
+
+    def penalty(images):  # LwF's shape: distil the outputs this step trains on
+        fibres_per_penalty.append(len(model.distill_outputs(model.module, images)[0]))
+        return torch.zeros(())
+
+    steps = []
+    hook = register_optimizer_step_post_hook(lambda *args: steps.append(1))
+    try:
+        model.fit(_Images(2), FitContext(penalty=penalty))
+    finally:
+        hook.remove()
+    # blocks.2 (/8) gives 2*8*8 = 128 fibres: 8 steps of 16; blocks.4 (/16) gives 2*4*4 = 32: 2 steps
+    assert len(steps) == 10 and fibres_per_penalty == [16] * 10
+    assert len(model.distill_outputs(model.module, torch.rand(2, 3, 64, 64))) == 2  # outside a step: every fibre
+
+
+def test_dsr_switches_phase_at_anomalibs_epoch_and_by_steps_only_for_a_single_epoch():
+    model = build_model("dsr", epochs=10)  # second phase for int(10 * 0.7) = 7 epochs
+    model.epoch_ = 6
+    assert model.in_second_phase(step=0, total=10)
+    model.epoch_ = 7
+    assert not model.in_second_phase(step=0, total=10)
+    one = build_model("dsr", epochs=1)  # anomalib would train only the upsampling module
+    assert [one.in_second_phase(s, 10) for s in range(10)] == [True] * 7 + [False] * 3
+
+
+def test_patience_is_on_in_the_benchmark_preset_and_off_in_the_light_one():
+    published = {"cfa": 5, "csflow": 3, "reverse_distillation": 3}
+    for name, patience in published.items():
+        assert model_info(name).presets["benchmark"]["patience"] == patience
+        assert build_model(name).hp["patience"] == patience  # constructor defaults are the benchmark's
+        assert build_model(name, preset="light").hp["patience"] == 0
+
+
+def test_early_stopping_holds_out_a_seeded_split_and_stops_after_patience():
+    def run():
+        model = build_model("csflow", preset="light", batch_size=4, patience=2, val_fraction=0.25, epochs=20)
+        trained = []  # training is mocked: the weights, and so the held-out loss, never change
+        model.train_step = lambda images, *a, **k: trained.extend(images[:, 0, 0, 0].tolist()) or 0.0
+        model.fit(_Images(8), FitContext(task_id=1, seed=3))
+        return model, sorted(set(trained))
+
+    model, trained = run()
+    # no new minimum after epoch 1, so training stops after 1 + patience epochs
+    assert model.epochs_run_[1] == 3 and len(model.val_losses_[1]) == 3
+    assert len(trained) == 6  # 2 of the 8 images held out, never trained on
+    again, trained_again = run()
+    assert trained_again == trained and again.val_losses_[1] == model.val_losses_[1]  # the split is seeded
+
+
+def test_light_preset_trains_every_epoch_on_every_image():
+    model = build_model("reverse_distillation", preset="light", epochs=2, batch_size=4)
+    model.train_step = lambda images, *a, **k: 0.0
+    model.fit(_Images(8), FitContext())
+    assert model.epochs_run_[0] == 2 and model.val_losses_[0] == [] and len(model.losses_[0]) == 4

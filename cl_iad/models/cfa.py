@@ -30,7 +30,8 @@ class CFA(GradientModel):
     size the descriptor's CoordConv from that net's channels (the sum over layers, as anomalib's
     table does). Centroids are (re-)initialised from the current task's training images at the
     start of every task, as anomalib's ``on_train_start`` does for each ``fit``; the descriptor
-    keeps training across tasks.
+    keeps training across tasks. Early stopping holds out ``val_fraction`` of each task's images
+    (neither trained on nor used for the centroids).
     """
 
     name = "cfa"
@@ -42,13 +43,15 @@ class CFA(GradientModel):
                                              "num_hard_negative_features": 3,
                                              "radius": 1e-05,
                                              "epochs": 30,
-                                             "batch_size": 32},
-                               "light": {"epochs": 1, "batch_size": 8}}
+                                             "batch_size": 32,
+                                             "patience": 5,
+                                             "val_fraction": 0.1},
+                               "light": {"epochs": 1, "batch_size": 8, "patience": 0}}
     notes = "centroids re-initialised from each task's images; descriptor trained by gradient"
     family = "memory bank"
     default_epochs = 30
     hp_defaults: ClassVar[dict] = {"gamma_c": 1, "gamma_d": 1, "num_nearest_neighbors": 3, "num_hard_negative_features": 3,
-                   "radius": 1e-5, "weight_decay": 5e-4}
+                   "radius": 1e-5, "weight_decay": 5e-4, "patience": 5, "val_fraction": 0.1}
 
     def _build(self, image_size):
         import anomalib.models.image.cfa.torch_model as cfa_torch

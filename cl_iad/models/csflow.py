@@ -61,7 +61,8 @@ class CSFlow(GradientModel):
 
     anomalib's extractor is torchvision's EfficientNet-B5 with ``weights=IMAGENET1K_V1`` (a
     download). We use one stage of our resolved backbone (default: its deepest, /16) at three
-    input scales, as CS-Flow does with B5's /32 stage.
+    input scales, as CS-Flow does with B5's /32 stage. Gradients are clipped to norm 1 (anomalib's
+    ``gradient_clip_val``); early stopping holds out ``val_fraction`` of each task's images.
     """
 
     name = "csflow"
@@ -72,17 +73,22 @@ class CSFlow(GradientModel):
                                              "n_coupling_blocks": 4,
                                              "clamp": 3,
                                              "epochs": 240,
-                                             "batch_size": 16},
+                                             "batch_size": 16,
+                                             "patience": 3,
+                                             "val_fraction": 0.1},
                                "light": {"epochs": 1,
                                          "batch_size": 8,
                                          "cross_conv_hidden_channels": 32,
-                                         "n_coupling_blocks": 2}}
+                                         "n_coupling_blocks": 2,
+                                         "patience": 0}}
     notes = "anomalib's EfficientNet-B5 extractor needs a download; one stage of our backbone instead"
     family = "normalizing flow"
     default_epochs = 240
     default_lr = 2e-4
     default_layer_picks = (2,)
-    hp_defaults: ClassVar[dict] = {"cross_conv_hidden_channels": 1024, "n_coupling_blocks": 4, "clamp": 3, "weight_decay": 1e-5}
+    hp_defaults: ClassVar[dict] = {"cross_conv_hidden_channels": 1024, "n_coupling_blocks": 4, "clamp": 3, "weight_decay": 1e-5,
+                   "patience": 3, "val_fraction": 0.1}
+    grad_clip_norm = 1.0
 
     def _build(self, image_size):
         from anomalib.models.image.csflow.anomaly_map import AnomalyMapGenerator, AnomalyMapMode

@@ -8,8 +8,9 @@ from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
+import torch
 
-from .trainable import GradientModel
+from .trainable import GradientModel, Schedule
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,8 @@ class DRAEM(GradientModel):
     * ``"perlin"`` (default): no source images; the masks are filled with augmented Perlin noise;
     * ``"synthetic"``: textures rendered by our synthetic generator. Do not use it on synthetic
       streams that contain texture categories: the model would learn to flag those textures.
+
+    The learning rate follows anomalib's ``MultiStepLR`` (x0.1 at epochs 400 and 600 of each task).
     """
 
     name = "draem"
@@ -93,6 +96,9 @@ class DRAEM(GradientModel):
                                                  blend_factor=tuple(beta) if isinstance(beta, list) else beta)
         self._loss = DraemLoss()
         return module
+
+    def make_schedulers(self):
+        return [Schedule(torch.optim.lr_scheduler.MultiStepLR(self.optimizers_[0], milestones=[400, 600], gamma=0.1))]
 
     def training_loss(self, images):
         images = self.normalise(images)  # DRAEM takes [0, 1] images; this only moves them to the device

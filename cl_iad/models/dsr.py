@@ -22,10 +22,14 @@ class DSR(GradientModel):
     provide the quantised feature space DSR re-projects, so there is no offline fallback: pass
     ``vq_weights=<file>`` (``--vq-weights`` in the CLI), or construction fails with instructions.
 
-    Each task's training follows anomalib's two phases: the first ``upsampling_train_ratio`` of
-    its steps train the subspace-restriction, reconstruction and detection modules on latent
-    anomalies; the rest train the upsampling module on Perlin anomalies. anomalib splits by
-    epochs; we split by steps so that a one-epoch CPU preset still trains both phases.
+    Each task's training follows anomalib's two phases: the first ``int(epochs *
+    upsampling_train_ratio)`` epochs train the subspace-restriction, reconstruction and detection
+    modules on latent anomalies; the rest train the upsampling module on Perlin anomalies. When
+    that is zero epochs (a one-epoch CPU preset, where anomalib would train only the upsampling
+    module) we split the task's steps by the same ratio instead, so both phases train.
+
+    anomalib also configures a ``StepLR`` for the first phase, but DSR optimises manually
+    (``automatic_optimization = False``) and never steps it, so its rate stays at 2e-4; so does ours.
     """
 
     name = "dsr"
@@ -66,11 +70,22 @@ class DSR(GradientModel):
         self._second, self._third = DsrSecondStageLoss(), DsrThirdStageLoss()
         return module
 
+    def second_phase_epochs(self) -> int:
+        """anomalib's ``second_phase``: epochs of a task before switching to the upsampling module."""
+        return int(self.epochs * self.hp["upsampling_train_ratio"])
+
     def second_phase_steps(self, total: int) -> int:
-        """Steps of a task's `total` spent before switching to the upsampling module."""
+        """Steps of a task's `total` before the switch, when it cannot fall between epochs."""
         if total < 2:
             return total
         return min(max(1, int(total * self.hp["upsampling_train_ratio"])), total - 1)
+
+    def in_second_phase(self, step: int, total: int) -> bool:
+        """Whether this step trains the reconstruction modules (anomalib's phase 2) rather than upsampling."""
+        epochs = self.second_phase_epochs()
+        if epochs == 0 and self.hp["upsampling_train_ratio"] > 0:
+            return step < self.second_phase_steps(total)
+        return self.epoch_ < epochs
 
     def make_optimizers(self):
         m = self.module
@@ -89,7 +104,7 @@ class DSR(GradientModel):
         return self._stage_two_loss(self.module, images)
 
     def train_step(self, images, extra: Extra | None = None, step: int = 0, total: int = 1) -> float:
-        if step < self.second_phase_steps(total):
+        if self.in_second_phase(step, total):
             loss, opt = self.training_loss(images), self.optimizers_[0]
         else:
             augmented, masks = self._perlin(self.normalise(images))
@@ -97,9 +112,7 @@ class DSR(GradientModel):
             opt = self.optimizers_[1]
         if extra is not None:
             loss = loss + extra(images)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+        self.optimise(loss, opt)
         return float(loss.detach())
 
     def distill_outputs(self, module, images):

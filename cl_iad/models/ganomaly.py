@@ -74,19 +74,17 @@ class GANomaly(GradientModel):
         return self._generator_loss(images)[0]
 
     def train_step(self, images, extra: Extra | None = None, step: int = 0, total: int = 1) -> float:
+        """``Ganomaly.training_step``: a generator step, then a discriminator step reusing its real-image output."""
         g_opt, d_opt = self.optimizers_
-        g_loss, padded, fake = self._generator_loss(images)
+        padded, fake, latent_i, latent_o = self.module(self.normalise(images))
+        pred_real, _ = self.module.discriminator(padded)
+        pred_fake, _ = self.module.discriminator(fake)
+        g_loss = self._g_loss(latent_i, latent_o, padded, fake, pred_real, pred_fake)
         if extra is not None:
             g_loss = g_loss + extra(images)
-        g_opt.zero_grad()
-        g_loss.backward()
-        g_opt.step()
-        pred_real, _ = self.module.discriminator(padded)
+        self.optimise(g_loss, g_opt, retain_graph=True)  # pred_real's graph is needed again below
         pred_fake, _ = self.module.discriminator(fake.detach())
-        d_loss = self._d_loss(pred_real, pred_fake)
-        d_opt.zero_grad()
-        d_loss.backward()
-        d_opt.step()
+        self.optimise(self._d_loss(pred_real, pred_fake), d_opt)
         return float(g_loss.detach())
 
     def distill_outputs(self, module, images):

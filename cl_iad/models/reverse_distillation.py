@@ -47,13 +47,16 @@ class ReverseDistillation(GradientModel):
     presets: ClassVar[dict] = {"benchmark": {"backbone": "wide_resnet50_2",
                                              "layers": ["layer1", "layer2", "layer3"],
                                              "epochs": 200,
-                                             "batch_size": 32},
-                               "light": {"epochs": 1, "batch_size": 8}}
+                                             "batch_size": 32,
+                                             "patience": 3,
+                                             "val_fraction": 0.1},
+                               "light": {"epochs": 1, "batch_size": 8, "patience": 0}}
     notes = "non-ResNet backbones are lifted to ResNet widths by fixed orthonormal projections"
     family = "teacher-student"
     default_epochs = 200
     default_lr = 0.005
-    hp_defaults: ClassVar[dict] = {"anomaly_map_mode": "add", "beta1": 0.5, "beta2": 0.99}
+    hp_defaults: ClassVar[dict] = {"anomaly_map_mode": "add", "beta1": 0.5, "beta2": 0.99, "patience": 3,
+                                   "val_fraction": 0.1}
 
     def _build(self, image_size):
         from anomalib.models.components.backbone import get_decoder

@@ -12,21 +12,32 @@ Conventions:
 
 * ``__init__`` only stores hyper-parameters; the module is built lazily by :meth:`setup` once the
   image size is known (several models size layers from it: FastFlow, U-Flow, CS-Flow, GANomaly).
-* Optimisers are created afresh at the start of every task (``begin_task``), as a Lightning
-  ``fit`` per task would; so the full learned state after a task is the module's state dict
-  (weights, buffers, fitted statistics such as CFA's centroids), which :meth:`state_dict` returns.
+* Optimisers and learning-rate schedulers are created afresh at the start of every task
+  (``begin_task``), as a Lightning ``fit`` per task would; so the full learned state after a task
+  is the module's state dict (weights, buffers, fitted statistics such as CFA's centroids), which
+  :meth:`state_dict` returns. A resumed run restarts a task's training from scratch, so nothing of
+  an optimiser or scheduler needs to be checkpointed.
+* Schedulers (:meth:`make_schedulers`) are stepped as Lightning steps them: after every epoch, or
+  after every optimiser step for ``interval="step"``. Gradients are clipped by norm when the model
+  sets ``grad_clip_norm`` (anomalib's ``gradient_clip_val``).
+* Early stopping (models with a ``patience`` hyper-parameter > 0): a seeded ``val_fraction`` of the
+  task's normal images is held out and the model's loss on it is checked after every epoch; training
+  stops after ``patience`` epochs without a new minimum, keeping the last weights, as Lightning's
+  ``EarlyStopping`` does. anomalib monitors a validation metric on anomalous images instead; a
+  training set has none.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 
 from ..backbones import DEFAULT_BACKBONE, backbone_spec, weights_tag
 from .base import AnomalyModel, FitContext, Penalty, Predictions, predictions, resolve_device
@@ -34,6 +45,20 @@ from .base import AnomalyModel, FitContext, Penalty, Predictions, predictions, r
 log = logging.getLogger(__name__)
 
 Extra = Penalty  # images -> a scalar loss term added by a regime
+
+_SPLIT_SALT = 7919  # keeps the held-out split's random stream apart from the batch order's
+
+
+@dataclass
+class Schedule:
+    """A learning-rate scheduler and when the loop steps it, as in Lightning's scheduler config."""
+
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    interval: str = "epoch"  # "epoch" (Lightning's default) or "step"
+
+    def __post_init__(self) -> None:
+        if self.interval not in ("epoch", "step"):
+            raise ValueError(f"scheduler interval must be 'epoch' or 'step', got {self.interval!r}")
 
 
 def freeze(module: nn.Module) -> nn.Module:
@@ -65,6 +90,7 @@ class GradientModel(AnomalyModel):
     hp_defaults: ClassVar[dict[str, Any]] = {}
     default_lr = 1e-3
     default_epochs = 1
+    grad_clip_norm: ClassVar[float | None] = None  # anomalib's trainer_arguments["gradient_clip_val"]
 
     def __init__(self, backbone: str = DEFAULT_BACKBONE, weights: str | Path | None = None,
                  layers: list[str] | None = None, epochs: int | None = None, lr: float | None = None,
@@ -93,7 +119,11 @@ class GradientModel(AnomalyModel):
         self.module: nn.Module | None = None
         self.image_size_: int | None = None
         self.optimizers_: list[torch.optim.Optimizer] = []
+        self.schedulers_: list[Schedule] = []
         self.losses_: dict[int, list[float]] = {}
+        self.val_losses_: dict[int, list[float]] = {}  # per epoch, when early stopping is on
+        self.epochs_run_: dict[int, int] = {}
+        self.epoch_ = 0  # the epoch being trained, within the current task
         self.fitted_ = False
 
     # -- construction -------------------------------------------------------------------
@@ -125,7 +155,8 @@ class GradientModel(AnomalyModel):
             self.module.to(self.device)
             if self.uses_backbone:
                 self._mean, self._std = self._mean.to(self.device), self._std.to(self.device)
-            self.optimizers_ = []  # optimisers hold state on the old device; begin_task makes new ones
+            # optimisers hold state on the old device; begin_task makes new ones
+            self.optimizers_, self.schedulers_ = [], []
         return self
 
     def _build(self, image_size: int) -> nn.Module:
@@ -157,6 +188,10 @@ class GradientModel(AnomalyModel):
         return [torch.optim.Adam(self.trainable_parameters(), lr=self.lr,
                                  weight_decay=self.hp.get("weight_decay", 0.0))]
 
+    def make_schedulers(self) -> list[Schedule]:
+        """Learning-rate schedulers over :attr:`optimizers_` (none by default), as anomalib configures them."""
+        return []
+
     def train_mode(self, module: nn.Module | None = None) -> None:
         """Training mode, with frozen batch-norm layers (pretrained backbones) kept in eval."""
         module = self.module if module is None else module
@@ -167,8 +202,9 @@ class GradientModel(AnomalyModel):
                 m.eval()
 
     def begin_task(self, loader: torch.utils.data.DataLoader) -> None:
-        """Called before a task's epochs: fresh optimisers (and model-specific set-up)."""
+        """Called before a task's epochs: fresh optimisers and schedulers (and model-specific set-up)."""
         self.optimizers_ = self.make_optimizers()
+        self.schedulers_ = self.make_schedulers()
 
     def training_loss(self, images: torch.Tensor) -> torch.Tensor:
         """The model's own training loss on a batch of normal images in [0, 1]."""
@@ -186,11 +222,58 @@ class GradientModel(AnomalyModel):
         loss = self.training_loss(images)
         if extra is not None:
             loss = loss + extra(images)
-        opt = self.optimizers_[0]
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+        self.optimise(loss, self.optimizers_[0])
         return float(loss.detach())
+
+    def optimise(self, loss: torch.Tensor, opt: torch.optim.Optimizer, retain_graph: bool = False) -> None:
+        """zero_grad, backward, clip (``grad_clip_norm``), step: Lightning's automatic optimisation."""
+        opt.zero_grad()
+        loss.backward(retain_graph=retain_graph)
+        if self.grad_clip_norm:
+            params = [p for group in opt.param_groups for p in group["params"]]
+            torch.nn.utils.clip_grad_norm_(params, self.grad_clip_norm)
+        opt.step()
+
+    def step_schedulers(self, interval: str) -> None:
+        """Step the schedulers configured for `interval` ("epoch" or "step")."""
+        for schedule in self.schedulers_:
+            if schedule.interval == interval:
+                schedule.scheduler.step()
+
+    @torch.no_grad()
+    def validation_loss(self, data) -> float:
+        """Mean training loss over `data`, without changing the model: batch norms use their running statistics."""
+        self.train_mode()  # the models' forward returns its training outputs only in training mode
+        for m in self.module.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eval()
+        total, n = 0.0, 0
+        with torch.random.fork_rng():
+            for batch in DataLoader(data, batch_size=self.batch_size, shuffle=False):
+                total += float(self.training_loss(batch["image"])) * len(batch["image"])
+                n += len(batch["image"])
+        self.train_mode()
+        return total / max(n, 1)
+
+    def held_out_split(self, data, seed: int) -> tuple[Any, Any | None]:
+        """(train, validation) parts of `data` for early stopping: a seeded ``val_fraction`` held out.
+
+        Without early stopping (``patience`` 0 or absent) or with fewer than two images, all of
+        `data` trains and there is no validation part.
+        """
+        patience, fraction = self.hp.get("patience", 0), self.hp.get("val_fraction", 0.0)
+        if not patience:
+            return data, None
+        if not 0 < fraction < 1:
+            raise ValueError(f"{self.name}: val_fraction must be in (0, 1) for early stopping, got {fraction}")
+        n = len(data)
+        n_val = max(1, round(n * fraction))
+        if n - n_val < 1:
+            log.warning("%s: %d image(s) are too few to hold out a validation part; early stopping is off",
+                        self.name, n)
+            return data, None
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed + _SPLIT_SALT)).tolist()
+        return Subset(data, sorted(order[n_val:])), Subset(data, sorted(order[:n_val]))
 
     # -- the contract: fit and predict a whole image set -------------------------------------
     def fit(self, data, ctx: FitContext | None = None) -> GradientModel:
@@ -199,30 +282,57 @@ class GradientModel(AnomalyModel):
         Batches are shuffled by a generator seeded from (ctx.seed, ctx.task_id), and the global
         random state (augmentations, flows' noise) is seeded from the same pair for the whole
         fit, ``ctx.on_trained`` callbacks included, so a task trains identically whether the
-        run started at task 0 or resumed at it.
+        run started at task 0 or resumed at it. With early stopping, the held-out images are
+        chosen from the same seed and are not trained on; ``ctx.on_trained`` still sees all of `data`.
         """
         ctx = ctx or FitContext()
         self.setup(data.image_size)
         seed = ctx.seed * 1000 + ctx.task_id
-        loader = DataLoader(data, batch_size=self.batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed))
-        losses: list[float] = []
+        train, val = self.held_out_split(data, seed)
+        loader = DataLoader(train, batch_size=self.batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed))
         with torch.random.fork_rng():
             torch.manual_seed(seed)
-            self.begin_task(DataLoader(data, batch_size=self.batch_size, shuffle=False))
+            self.begin_task(DataLoader(train, batch_size=self.batch_size, shuffle=False))
             self.train_mode()
-            total = self.epochs * len(loader)
-            for _ in range(self.epochs):
-                for batch in loader:
-                    losses.append(self.train_step(batch["image"], ctx.penalty, len(losses), total))
+            losses, val_losses, epochs_run = self._train_epochs(loader, val, ctx)
             self.fitted_ = True
             for callback in ctx.on_trained:
                 callback(self)
         self.losses_[ctx.task_id] = losses
+        self.val_losses_[ctx.task_id] = val_losses
+        self.epochs_run_[ctx.task_id] = epochs_run
         if losses and not all(torch.isfinite(torch.tensor(losses))):
             raise FloatingPointError(f"{self.name} training diverged on task {ctx.task_id} (loss {losses[-1]}); "
                                      "lower lr or check the inputs")
-        log.info("task %d: trained %s for %d epochs on %d images", ctx.task_id, self.name, self.epochs, len(data))
+        log.info("task %d: trained %s for %d epochs on %d images", ctx.task_id, self.name,
+                 self.epochs_run_[ctx.task_id], len(train))
         return self
+
+    def _train_epochs(self, loader: DataLoader, val, ctx: FitContext) -> tuple[list[float], list[float], int]:
+        """Up to ``epochs`` epochs, stepping schedulers and stopping early as Lightning would.
+
+        Returns the per-step losses, the per-epoch held-out losses and the number of epochs run.
+        """
+        losses: list[float] = []
+        val_losses: list[float] = []
+        total = self.epochs * len(loader)
+        best, wait = float("inf"), 0
+        for epoch in range(self.epochs):
+            self.epoch_ = epoch
+            for batch in loader:
+                losses.append(self.train_step(batch["image"], ctx.penalty, len(losses), total))
+                self.step_schedulers("step")
+            self.step_schedulers("epoch")
+            if val is None:
+                continue
+            val_losses.append(self.validation_loss(val))
+            # Lightning's EarlyStopping (mode="min", min_delta=0, check_finite): `patience` epochs without a new minimum.
+            best, wait = (val_losses[-1], 0) if val_losses[-1] < best else (best, wait + 1)
+            if wait >= self.hp["patience"] or not torch.isfinite(torch.tensor(val_losses[-1])):
+                log.info("task %d: %s stopped early after epoch %d (held-out loss %.4g, best %.4g)",
+                         ctx.task_id, self.name, epoch + 1, val_losses[-1], best)
+                return losses, val_losses, epoch + 1
+        return losses, val_losses, self.epochs
 
     @torch.no_grad()
     def predict(self, data) -> Predictions:
