@@ -56,7 +56,7 @@ def child(args: argparse.Namespace, out: Path) -> None:
     import torch
 
     from cl_iad.cache import FeatureCache
-    from cl_iad.resources import Resources, read_rows
+    from cl_iad.resources import read_rows
     from cl_iad.runner import run
     from cl_iad.strategies import Strategy, build_model
 
@@ -72,7 +72,7 @@ def child(args: argparse.Namespace, out: Path) -> None:
     name = f"{args.child}-{args.image_size}px-{len(scenario)}tasks"
     start = time.perf_counter()
     result = run(strategy, scenario, out / "runs", name=name, metrics=args.metrics.split(","), wandb="off",
-                 progress=False, overwrite=True, checkpoint=False, save_model=False, recorders=[Resources()])
+                 progress=False, overwrite=True, checkpoint=False, save_model=False)
     wall = time.perf_counter() - start
     rows = read_rows(result.run_dir)
     train = {t.name: len(t.train) for t in scenario}

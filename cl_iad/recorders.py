@@ -5,6 +5,7 @@ the loop calls them and knows none of their details. Hooks of one run come in th
 
     on_run_start(ctx)                      once, before any task is fitted
     for each task i:
+        on_task_start(ctx, i, task)        right before task i is fitted (not for tasks restored from a checkpoint)
         on_task_fitted(ctx, i, task)       right after task i is fitted (not for tasks restored from a checkpoint)
         on_cell(ctx, cell)                 for each cell (i, j) evaluated now, BEFORE it is appended to cells.csv
         on_row_end(ctx, i, row)            after row i; `row` maps "metric/task" to the values evaluated now
@@ -130,6 +131,9 @@ class Recorder:
     def on_run_start(self, ctx: RunContext) -> None:
         """Before any task is fitted; the run directory and config.json exist."""
 
+    def on_task_start(self, ctx: RunContext, i: int, task: Task) -> None:
+        """Task `i` is about to be fitted."""
+
     def on_task_fitted(self, ctx: RunContext, i: int, task: Task) -> None:
         """Task `i` was just fitted; its row is not evaluated yet."""
 
@@ -156,6 +160,11 @@ class Recorders(Recorder):
         for r in self.recorders:
             with disk_errors(r.writes, ctx.run_dir):
                 r.on_run_start(ctx)
+
+    def on_task_start(self, ctx: RunContext, i: int, task: Task) -> None:
+        for r in self.recorders:
+            with disk_errors(r.writes, ctx.run_dir):
+                r.on_task_start(ctx, i, task)
 
     def on_task_fitted(self, ctx: RunContext, i: int, task: Task) -> None:
         for r in self.recorders:
@@ -372,7 +381,7 @@ class WandbLogger(Recorder):
         self.wandb = WandbRun(self.mode, ctx.run_dir, ctx.name, ctx.settings, group=self.group)
 
     def on_row_end(self, ctx: RunContext, i: int, row: dict[str, float]) -> None:
-        self.wandb.log_row(i, row)
+        self.wandb.log_row(i, {**row, **resources_row(ctx.run_dir, i)})
 
     def on_run_end(self, ctx: RunContext, result: RunResult) -> None:
         self.wandb.log_final(result.matrices, result.summary, result.plots)
@@ -381,6 +390,15 @@ class WandbLogger(Recorder):
     def close(self) -> None:
         if self.wandb is not None:
             self.wandb.finish()
+
+
+def resources_row(run_dir: Path, i: int) -> dict[str, float]:
+    """Task `i`'s row of resources.csv as ``resources/<column>`` (the Resources recorder, first in the
+    list, has written it when the row reaches W&B); {} without one."""
+    path = run_dir / "resources.csv"
+    rows = pd.read_csv(path) if path.is_file() else pd.DataFrame({"task": []})
+    row = rows[rows["task"] == i].drop(columns=["task", "task_name"], errors="ignore")
+    return {} if row.empty else {f"resources/{k}": float(v) for k, v in row.iloc[0].items() if pd.notna(v)}
 
 
 def builtin_recorders(wandb: str = "offline", wandb_group: str | None = None, checkpoint: bool = True,

@@ -286,6 +286,12 @@ def make_report(root: Path | str, out: Path | str | None = None) -> Path:
     s = summary_table(runs, tuple(metrics_present))
     _write_table(s, out / "table_summary", "ACC, BWT and FM (mean ± std over orders)")
     sections.append(("ACC, BWT and FM", s))
+    from .resources import resources_table
+
+    cost = resources_table((r.method + (f" ({r.order})" if r.order else ""), r.run_dir) for r in runs)
+    if not cost.empty:
+        _write_table(cost, out / "table_resources", "Cost per run (resources.csv): time, peak memory, model size")
+        sections.append(("Cost: time, peak memory, model size", cost))
     images = []
     for m in metrics_present:
         images.append(accuracy_curves(runs, m, out / "plots" / f"curves_{m}.png"))

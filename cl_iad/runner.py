@@ -23,6 +23,7 @@ from . import metrics as M
 from .checkpoint import seeded
 from .errors import Terminated, UserError, disk_errors, signals_as_exceptions, signals_deferred
 from .recorders import Cell, Recorder, Recorders, RunContext, RunResult, builtin_recorders
+from .resources import Resources
 from .results import METRICS, ResultStore, RunLock, atomic_write_text
 from .scenarios.base import Scenario, Task
 from .strategies.base import Predictions, Strategy
@@ -141,7 +142,8 @@ def _prepare_run_dir(run_dir: Path, config: dict, overwrite: bool) -> None:
                 f"{run_dir} already holds results of different settings (see {cfg_path}); "
                 "choose another --out/--name, or pass --overwrite to replace them")
     elif overwrite and run_dir.exists():
-        for name in ("cells.csv", "summary.json", "thresholds.jsonl", "thresholds_drift.json", "config.yaml"):
+        for name in ("cells.csv", "summary.json", "thresholds.jsonl", "thresholds_drift.json", "config.yaml",
+                     "resources.csv"):
             (run_dir / name).unlink(missing_ok=True)
         shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -192,7 +194,8 @@ def run(
     metrics = _check_metrics(strategy, metrics)
     name = name or run_name(scenario, strategy)
     run_dir = Path(out_dir) / name
-    hooks = Recorders([*builtin_recorders(wandb, wandb_group, checkpoint, save_model, spec), *recorders])
+    hooks = Recorders([Resources(), *builtin_recorders(wandb, wandb_group, checkpoint, save_model, spec),
+                       *recorders])
     with signals_as_exceptions(), RunLock(run_dir, wait=wait), disk_errors("the run's results", run_dir):
         try:
             ctx = _start(strategy, scenario, run_dir, name, metrics, overwrite, extra_config)
@@ -217,6 +220,7 @@ def _loop(ctx: RunContext, hooks: Recorder, progress: bool) -> None:
         for i, task in enumerate(ctx.scenario):
             bar.set_postfix_str(f"train {task.name}")
             if i > ctx.resumed:
+                hooks.on_task_start(ctx, i, task)
                 with seeded(ctx.strategy.seed, i):
                     ctx.strategy.fit_task(task, ctx.scenario)
                 with signals_deferred():  # the checkpoint is written whole

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from cl_iad.recorders import Recorder
-from cl_iad.resources import COLUMNS, PeakRss, Resources, read_rows, resources_table, summarise
+from cl_iad.resources import COLUMNS, PeakRss, read_rows, resources_table, summarise
 from cl_iad.runner import run
 from cl_iad.strategies import FeatureCache, Strategy, build_model
 
@@ -33,7 +33,7 @@ def accounted_run(tiny_stream, tmp_path_factory):
     strategy = Strategy(build_model("patchcore"), "replay", buffer_size=4, cache=FeatureCache())
     probe = Probe()
     out = tmp_path_factory.mktemp("resources")
-    run_dir = run(strategy, stream, out, recorders=[Resources(), probe], **ARGS).run_dir
+    run_dir = run(strategy, stream, out, recorders=[probe], **ARGS).run_dir
     return run_dir, stream, probe, out
 
 
@@ -79,7 +79,7 @@ def test_a_finished_run_run_again_keeps_its_rows(accounted_run, tiny_stream):
     run_dir, stream, _, out = accounted_run
     before = (run_dir / "resources.csv").read_text()
     strategy = Strategy(build_model("patchcore"), "replay", buffer_size=4, cache=FeatureCache())
-    run(strategy, stream, out, recorders=[Resources()], **ARGS)  # restored from the checkpoint: nothing fitted
+    run(strategy, stream, out, **ARGS)  # restored from the checkpoint: nothing fitted
     assert (run_dir / "resources.csv").read_text() == before
 
 

@@ -10,6 +10,7 @@ from typing import ClassVar
 import numpy as np
 import torch
 
+from .offline import fetch_dtd
 from .trainable import GradientModel, Schedule
 
 log = logging.getLogger(__name__)
@@ -49,8 +50,7 @@ class DRAEM(GradientModel):
     title = "DRAEM"
     presets: ClassVar[dict] = {"benchmark": {"epochs": 700,
                                              "batch_size": 8,
-                                             "anomaly_source": "dtd",
-                                             "dtd_dir": "datasets/dtd/images"},
+                                             "anomaly_source": "dtd"},
                                "light": {"epochs": 1,
                                          "batch_size": 8,
                                          "recon_width": 16,
@@ -66,6 +66,8 @@ class DRAEM(GradientModel):
         source, dtd = self.hp["anomaly_source"], self.hp["dtd_dir"]
         if source not in ANOMALY_SOURCES:
             raise ValueError(f"unknown DRAEM anomaly_source {source!r}; choose from {ANOMALY_SOURCES}")
+        if source == "dtd" and dtd is None:
+            dtd = fetch_dtd()  # anomalib's cache, downloaded there when online
         if source == "dtd" or dtd is not None:
             if dtd is None or not Path(dtd).is_dir():
                 raise ValueError(f"DRAEM dtd_dir {dtd!r} is not a folder. Download DTD "

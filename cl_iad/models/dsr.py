@@ -8,6 +8,7 @@ from typing import ClassVar
 import torch
 
 from ..backbones import WeightsError
+from .offline import fetch_dsr_vq
 from .trainable import Extra, GradientModel
 
 VQ_URL = ("https://github.com/open-edge-platform/anomalib/releases/download/dsr_pretrained_weights/"
@@ -35,8 +36,7 @@ class DSR(GradientModel):
     name = "dsr"
     title = "DSR"
     presets: ClassVar[dict] = {"benchmark": {"epochs": 700,
-                                             "batch_size": 8,
-                                             "vq_weights": "weights/vq_model_pretrained_128_4096.pckl"},
+                                             "batch_size": 8},
                                "light": {"epochs": 1, "batch_size": 8}}
     notes = ("cannot train without its pretrained VQ-VAE weights file (vq_weights=...); no offline "
              "fallback")
@@ -47,7 +47,7 @@ class DSR(GradientModel):
     hp_defaults: ClassVar[dict] = {"vq_weights": None, "latent_anomaly_strength": 0.2, "upsampling_train_ratio": 0.7}
 
     def _vq_state(self) -> dict[str, torch.Tensor]:
-        path = self.hp["vq_weights"]
+        path = self.hp["vq_weights"] or fetch_dsr_vq()  # anomalib's cache, downloaded there when online
         if path is None or not Path(path).is_file():
             raise WeightsError(
                 f"DSR needs its pretrained VQ-VAE weights (vq_model_pretrained_128_4096.pckl); got {path!r}. "
