@@ -6,16 +6,26 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PIP := $(BIN)/pip install -q --disable-pip-version-check
+# exact versions of everything `make demo`, `make test` and CI install (pyproject.toml declares ranges)
+LOCK := requirements/lock.txt
 
-.PHONY: demo test test-fast lint bench clean
+.PHONY: demo test test-fast lint bench clean lock
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(LOCK)
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	# torch and torchvision first, pinned, so nothing pulls a different build
-	$(PIP) torch==2.14.1 torchvision==0.29.1 2>&1 | { grep -v "^WARNING: Location" || true; }
-	$(PIP) -e ".[dev]" 2>&1 | { grep -v "^WARNING: Location" || true; }
+	# torch and torchvision first, pinned by the lock, so nothing pulls a different build
+	$(PIP) -c $(LOCK) torch torchvision 2>&1 | { grep -v "^WARNING: Location" || true; }
+	$(PIP) -c $(LOCK) -e ".[dev]" 2>&1 | { grep -v "^WARNING: Location" || true; }
 	$(BIN)/python -c "import cl_iad, anomalib, avalanche, torch"
 	touch $(STAMP)
+
+# Re-resolve the lock with pip-tools, held to the versions installed in .venv (the ones the tests
+# passed with); upgrade a package in .venv and run this to move the lock.
+lock: $(STAMP)
+	$(PIP) "pip-tools>=7.4"
+	$(BIN)/pip freeze --all --exclude-editable --disable-pip-version-check > $(VENV)/tested.txt
+	CUSTOM_COMPILE_COMMAND="make lock" $(BIN)/pip-compile -q --extra dev --allow-unsafe --strip-extras \
+		--no-emit-index-url --no-emit-find-links --annotation-style line -c $(VENV)/tested.txt -o $(LOCK) pyproject.toml
 
 demo: $(STAMP)
 	$(BIN)/cl-iad run --dataset synthetic --n-tasks 5 --model patchcore --strategy naive,replay --out results/demo

@@ -14,6 +14,11 @@ Two stores:
 * disk (``directory=...``): one ``.npy`` per image, written atomically, so large streams keep
   a small resident set and a restarted run reuses the features of the killed one.
 
+Each disk entry ends with a SHA-256 of its key and its bytes, so a file that is truncated, holds
+another array (another shape or dtype) or was copied from another entry is detected when it is
+read: it is recomputed with a warning and rewritten, never used. A disk store that cannot be
+written (full, read-only) is left with one warning; the run goes on with features in memory.
+
 Models whose backbone is trained (``frozen_backbone = False``) are never cached: their features
 change every time they are fitted, so a stored copy would be stale.
 """
@@ -21,6 +26,7 @@ change every time they are fitted, so a stored copy would be stale.
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import os
 from collections import OrderedDict
@@ -31,9 +37,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Subset
 
+from .scenarios.frames import source_file
+
 log = logging.getLogger(__name__)
 
-CACHE_FORMAT = 1  # bump when the stored layout or the meaning of a key changes
+CACHE_FORMAT = 2  # bump when the stored layout or the meaning of a key changes (2: checksum trailer)
+_DIGEST_BYTES = 32  # the SHA-256 trailer of every disk entry
 
 
 class FeatureModel(Protocol):
@@ -80,6 +89,8 @@ class FeatureCache:
         self._tag: str | None = None
         self.forward_images = 0  # images pushed through a backbone, for benchmarks
         self.disk_hits = 0
+        self.corrupt_files = 0  # disk entries found damaged and recomputed
+        self.disk_writable = True  # False once a write failed: features then stay in memory
         if self.directory is not None:
             self.directory.mkdir(parents=True, exist_ok=True)
 
@@ -88,7 +99,7 @@ class FeatureCache:
     def key(model: FeatureModel, image_size: int, path: Path | str) -> tuple:
         """The cache key of one image for one model; raises if the file is missing."""
         try:
-            st = os.stat(path)
+            st = os.stat(source_file(path))  # a video frame (.../clip.avi/000012.frame): its video file
         except OSError as exc:
             raise FileNotFoundError(f"image {path} is missing or unreadable ({exc}); the feature cache "
                                     "keys images by their file, so restore the file or rebuild the scenario") from exc
@@ -110,21 +121,37 @@ class FeatureCache:
             return None
         path = self._disk_path(key)
         try:
-            arr = np.load(path, allow_pickle=False)
-        except (OSError, ValueError):
-            return None  # absent, or a partial file from a crash: recompute
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            log.warning("feature cache file %s cannot be read (%s); its features are recomputed", path, exc)
+            return None
+        try:
+            arr = _decode(data, path.stem)
+        except ValueError as exc:
+            self.corrupt_files += 1
+            log.warning("feature cache file %s is corrupt (%s); its features are recomputed and the file "
+                        "rewritten", path, exc)
+            return None
         self.disk_hits += 1
         tensor = torch.from_numpy(arr)
         self._remember(key, tensor)
         return tensor
 
     def _put(self, key: tuple, tensor: torch.Tensor) -> None:
-        if self.directory is not None:
+        if self.directory is not None and self.disk_writable:
             path = self._disk_path(key)
-            path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npy")
-            np.save(tmp, tensor.cpu().numpy(), allow_pickle=False)
-            os.replace(tmp, path)
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp.write_bytes(_encode(tensor.cpu().numpy(), path.stem))
+                os.replace(tmp, path)
+            except OSError as exc:
+                tmp.unlink(missing_ok=True)
+                self.disk_writable = False
+                log.warning("feature cache %s cannot be written (%s); features of this run stay in memory only "
+                            "(free space there, or drop --cache-dir)", self.directory, exc)
         self._remember(key, tensor)
 
     def _remember(self, key: tuple, tensor: torch.Tensor) -> None:
@@ -187,3 +214,23 @@ class FeatureCache:
     def memory_bytes(self) -> int:
         """Bytes of features held in memory now."""
         return self._bytes
+
+
+def _encode(array: np.ndarray, name: str) -> bytes:
+    """`array` as ``.npy`` bytes followed by the SHA-256 of `name` (the entry's digest) and those bytes."""
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=False)
+    data = buf.getvalue()
+    return data + hashlib.sha256(name.encode() + data).digest()
+
+
+def _decode(data: bytes, name: str) -> np.ndarray:
+    """The array of an entry written by :func:`_encode`; ValueError if it is truncated or not that entry's."""
+    body, digest = data[:-_DIGEST_BYTES], data[-_DIGEST_BYTES:]
+    if len(data) <= _DIGEST_BYTES or hashlib.sha256(name.encode() + body).digest() != digest:
+        raise ValueError(f"{len(data)} bytes that do not match their checksum: truncated, overwritten or "
+                         "another entry's")
+    try:
+        return np.load(io.BytesIO(body), allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:
+        raise ValueError(f"not a readable array ({exc})") from exc

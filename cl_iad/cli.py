@@ -10,7 +10,9 @@ import traceback
 import warnings
 from pathlib import Path
 
-from .results import METRICS
+# cl_iad.results.METRICS, spelled out: importing results (pandas) would double the start-up time of every
+# command, `cl-iad --help` included (tests/test_clean_import.py checks that the two agree)
+METRICS = ("image_auroc", "pixel_auroc", "pro", "image_aupr", "pixel_aupr")
 
 log = logging.getLogger("cl_iad")
 
@@ -34,9 +36,11 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="train task after task and evaluate every task after each one")
     r.add_argument("--dataset", default="synthetic",
                    help="synthetic | mvtec | visa | btech | mvtec3d | kolektor | folder (categories in MVTec AD "
-                        "layout, masks optional); chain datasets with '+', e.g. mvtec+visa")
+                        "layout, masks optional) | ucsdped | avenue | shanghaitech (video; options after a colon: "
+                        "shanghaitech:frame_stride=5,frames_per_clip=40); chain datasets with '+', e.g. mvtec+visa")
     r.add_argument("--root", help="dataset root; comma-separated, one per dataset, for a chain "
-                                  "(for synthetic: where to generate, default a temp dir)")
+                                  "(for synthetic: where to generate, default a temp dir); hf://ORG/NAME[@REVISION] "
+                                  "reads a dataset repository on the Hugging Face Hub through its cache")
     r.add_argument("--categories", help="comma-separated subset of categories (dataset/category in a chain)")
     r.add_argument("--group", help="tasks of several categories: 14-1, 10-5, 3x5, 10-1x5 (default one per task)")
     r.add_argument("--eval-mode", default="aware", choices=["aware", "agnostic"],
@@ -88,6 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", type=Path, default=Path("results"), help="output folder; each run gets a subfolder")
     r.add_argument("--name", help="run folder name (default derived from the settings)")
     r.add_argument("--overwrite", action="store_true", help="replace an existing run folder's results")
+    r.add_argument("--wait", action="store_true",
+                   help="if another process is running this run folder, wait for it to finish instead of stopping")
     r.add_argument("--wandb", default="offline", choices=["off", "offline", "online"])
     r.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
@@ -105,12 +111,23 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--num-gpus", type=float, help="ray: GPUs per run")
     sw.add_argument("--wandb", choices=["off", "offline", "online"], help="override the config's wandb mode")
     sw.add_argument("--no-report", action="store_true", help="skip writing the report at the end")
+    sw.add_argument("--max-retries", type=int, default=1,
+                    help="times a run whose worker process died is started again (default 1)")
 
     pr = sub.add_parser("predict", help="score new images with a saved model (a run's model/ folder)")
-    pr.add_argument("--model-dir", type=Path, required=True, help="RUN_DIR/model of a finished run")
+    pr.add_argument("--model-dir", type=Path, required=True,
+                    help="RUN_DIR/model of a finished run, or hf://ORG/NAME[@REVISION] (a run pushed with "
+                         "'cl-iad push', fetched once into the Hugging Face cache; HF_HUB_OFFLINE=1: cache only)")
     pr.add_argument("--input", required=True, help="an image, a folder of images, or a quoted glob")
     pr.add_argument("--task", help="task name (task-aware); without it the router or the all-task threshold is used")
     pr.add_argument("--out", type=Path, default=Path("predictions"), help="output folder")
+
+    pu = sub.add_parser("push", help="upload a finished run to the Hugging Face Hub (model as safetensors, "
+                                     "matrices, plots, model card)")
+    pu.add_argument("run_dir", type=Path, help="the run's folder (RESULTS/RUN_NAME)")
+    pu.add_argument("--repo-id", required=True, help="ORG/NAME of the model repository (created if missing)")
+    pu.add_argument("--private", action="store_true", help="create the repository private")
+    pu.add_argument("--revision", help="branch to push to (created from the default branch if missing)")
 
     sh = sub.add_parser("show", help="grid of example heatmaps per task after each training step")
     sh.add_argument("run_dir", type=Path)
@@ -120,13 +137,21 @@ def build_parser() -> argparse.ArgumentParser:
     rp = sub.add_parser("report", help="tables, plots and HTML over all runs below a folder")
     rp.add_argument("root", type=Path)
     rp.add_argument("--out", type=Path, help="report folder (default ROOT/report)")
+    rp.add_argument("--layout", default="default", choices=["default", "seed", "continual"],
+                    help="default: methods x categories, ACC/BWT/FM, plots and index.html; seed: the published "
+                         "single-task MVTec AD table (1-task runs: one table per metric, models x categories, "
+                         "percent); continual: per model, regime and protocol, final scores and FM under both "
+                         "definitions (Chaudhry, IM-IAD), with the published IM-IAD and CLAD values beside ours "
+                         "where they exist")
+    rp.add_argument("--reference", action="store_true",
+                    help="--layout seed: put the published value and ours minus it beside each cell")
 
     wr = sub.add_parser("wandb-report", help="create a W&B Report of a sweep (offline: write its definition)")
     wr.add_argument("root", type=Path)
     wr.add_argument("--project", default="cl_iad")
     wr.add_argument("--entity", default="")
     wr.add_argument("--online", action="store_true", help="publish now (needs WANDB_API_KEY)")
-    p.subcommands = {"run": r, "models": m, "sweep": sw, "predict": pr, "show": sh, "report": rp,
+    p.subcommands = {"run": r, "models": m, "sweep": sw, "predict": pr, "push": pu, "show": sh, "report": rp,
                      "wandb-report": wr}
     return p
 
@@ -144,7 +169,7 @@ def cmd_run(args) -> int:
     for config in configs:
         start = time.perf_counter()
         strategy = config.build_strategy(cache)
-        result = run(strategy, scenario, **config.run_kwargs())  # writes config.yaml
+        result = run(strategy, scenario, **config.run_kwargs(), wait=getattr(args, "wait", False))  # writes config.yaml
         print_result(result, strategy, time.perf_counter() - start)
     return 0
 
@@ -317,9 +342,11 @@ def cmd_sweep(args) -> int:
         cfg["wandb"] = args.wandb
     resources = {k: v for k, v in {"num_cpus": args.num_cpus, "num_gpus": args.num_gpus}.items() if v is not None}
     results = run_sweep(cfg, args.out, executor=args.executor, workers=args.workers, address=args.address,
-                        resources=resources)
+                        resources=resources, max_retries=args.max_retries)
     failed = [r for r in results if r["status"] == "failed"]
-    print(f"sweep {cfg['name']}: {len(results) - len(failed)} runs ok, {len(failed)} failed "
+    busy = [r for r in results if r["status"] == "busy"]
+    held = f", {len(busy)} held by another process and not launched again" if busy else ""
+    print(f"sweep {cfg['name']}: {len(results) - len(failed) - len(busy)} runs ok, {len(failed)} failed{held} "
           f"(see {args.out / 'sweep_status.csv'})")
     if not args.no_report and len(failed) < len(results):
         print(f"report: {make_report(args.out) / 'index.html'}")
@@ -339,6 +366,15 @@ def cmd_predict(args) -> int:
     return 0
 
 
+def cmd_push(args) -> int:
+    from .hub import push
+
+    url = push(args.run_dir, args.repo_id, private=args.private, revision=args.revision)
+    print(f"pushed {args.run_dir} to {args.repo_id}: {url}\nload it with: cl-iad predict --model-dir "
+          f"hf://{args.repo_id}{'@' + args.revision if args.revision else ''} --input IMAGES")
+    return 0
+
+
 def cmd_show(args) -> int:
     from .visualize import example_grid
 
@@ -354,12 +390,22 @@ def cmd_show(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from .report import make_report
+    from .report import make_layout_report, make_report
 
-    out = make_report(args.root, args.out)
-    for table in sorted(out.glob("table_*.md")):
+    layout = getattr(args, "layout", "default")
+    if layout == "default":
+        if getattr(args, "reference", False):
+            raise SystemExit("error: --reference applies to --layout seed (the continual layout always shows the "
+                             "published values); add --layout seed")
+        out = make_report(args.root, args.out)
+        for table in sorted(out.glob("table_*.md")):
+            print(table.read_text())
+        print(f"report: {out / 'index.html'}")
+        return 0
+    out, tables = make_layout_report(args.root, layout, args.out, reference=args.reference)
+    for table in tables:
         print(table.read_text())
-    print(f"report: {out / 'index.html'}")
+    print(f"{layout} tables (CSV, Markdown, LaTeX): {out}")
     return 0
 
 
@@ -394,23 +440,35 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     _quiet_third_party()
     commands = {"run": cmd_run, "models": cmd_models, "sweep": cmd_sweep, "report": cmd_report, "show": cmd_show,
-                "predict": cmd_predict, "wandb-report": cmd_wandb_report}
-    try:
-        if getattr(args, "wandb", None):
-            from .wandb_log import require_wandb_login
+                "predict": cmd_predict, "push": cmd_push, "wandb-report": cmd_wandb_report}
+    from .errors import Terminated, signals_as_exceptions
 
-            require_wandb_login(args.wandb)  # before any data is read or task fitted
-        return commands[args.command](args)
-    except KeyboardInterrupt:
-        resume = "; the same command resumes where it stopped" if args.command == "run" else ""
-        print(f"interrupted{resume}", file=sys.stderr)
-        return 130
+    try:
+        with signals_as_exceptions():  # SIGTERM: Terminated, raised between cells (see docs/faults.md)
+            if getattr(args, "wandb", None):
+                from .wandb_log import require_wandb_login
+
+                require_wandb_login(args.wandb)  # before any data is read or task fitted
+            return commands[args.command](args)
+    except (KeyboardInterrupt, Terminated) as exc:
+        print(_stopped(exc, args.command), file=sys.stderr)
+        return getattr(exc, "exit_status", 130)
     except SystemExit as exc:
         if not isinstance(exc.code, str):  # argparse and sys.exit(n) keep their status
             raise
         return _user_error(exc.code.removeprefix("error: "), exc, args.verbose)
     except Exception as exc:  # noqa: BLE001 - the one place that turns any failure into one line
         return _failure(exc, args.verbose)
+
+
+def _stopped(exc: BaseException, command: str) -> str:
+    """The one line of a run stopped by Ctrl-C or SIGTERM: what is kept and how to resume."""
+    cause = "interrupted (Ctrl-C)" if isinstance(exc, KeyboardInterrupt) else "stopped by SIGTERM"
+    run_dir = getattr(exc, "run_dir", None)
+    if command not in ("run", "sweep"):
+        return cause
+    kept = f"every cell finished is kept in {run_dir / 'cells.csv'}; " if run_dir is not None else ""
+    return f"{cause}: {kept}run the same command again to resume where it stopped"
 
 
 # Failures a user causes and fixes get "error: <cause and fix>" and status 2. ValueError and

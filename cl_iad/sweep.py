@@ -1,4 +1,9 @@
-"""Sweeps: expand a YAML grid (orders x models x strategies) into runs, execute locally or on Ray.
+"""Sweeps: expand a YAML grid (models x strategies x orders x streams) into runs, execute locally or on Ray.
+
+The streams of a sweep are one stream over ``categories`` (the default), one stream per grouping
+protocol of ``groups`` (e.g. ``["1x15", "14-1", "10-5"]``), or, with ``per_category: true``, one
+1-task stream per category (the single-task benchmark table). A ``models`` entry may carry its own
+``strategies`` (replacing the sweep's list for that model) and ``image_size`` (e.g. CS-Flow at 768).
 
 Each combination is one ordinary run directory with the foundation's file contract, so a sweep
 is resumable for free: a finished run (complete ``summary.json``) is skipped, and a half-finished
@@ -87,10 +92,84 @@ def _expand_models(models) -> list[tuple[str, dict]]:
             out.append((entry, {}))
         elif isinstance(entry, dict) and "name" in entry:
             kwargs = {k: v for k, v in entry.items() if k != "name"}
+            _check_model_entry(entry["name"], kwargs)
             out.append((entry["name"], kwargs))
         else:
             raise SweepConfigError(f"models: entry {entry!r} must be a name or a mapping with 'name'")
     return out
+
+
+# keys of a `models` entry that are not constructor arguments of the model
+MODEL_ENTRY_KEYS = ("preset", "device", "strategies", "image_size")
+
+
+def _check_model_entry(name: str, kwargs: dict) -> None:
+    strategies = kwargs.get("strategies")
+    if strategies is not None and (not isinstance(strategies, list) or not strategies
+                                   or not all(isinstance(s, str) for s in strategies)):
+        raise SweepConfigError(f"models: {name}.strategies must be a non-empty list of regimes, e.g. [naive, replay]; "
+                               f"got {strategies!r}")
+    size = kwargs.get("image_size")
+    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size <= 0):
+        raise SweepConfigError(f"models: {name}.image_size must be a positive integer (pixels); got {size!r}")
+
+
+def _expand_streams(cfg: dict) -> list[tuple[str, dict]]:
+    """The streams of a sweep as (run-name suffix, data settings that override the sweep's).
+
+    ``per_category: true`` gives one 1-task stream per entry of ``categories``; ``groups`` one
+    stream per grouping protocol (``null`` or ``"1xN"`` for one category per task); neither gives
+    the sweep's one stream.
+    """
+    per_category, groups = cfg.get("per_category", False), cfg.get("groups")
+    if not isinstance(per_category, bool):
+        raise SweepConfigError(f"per_category must be true or false, got {per_category!r}")
+    if per_category and (groups is not None or cfg.get("group") is not None):
+        raise SweepConfigError("per_category: true makes 1-task streams, which cannot be grouped; drop 'group'/'groups'")
+    if groups is not None and cfg.get("group") is not None:
+        raise SweepConfigError("give either 'group' (one protocol) or 'groups' (a list of protocols), not both")
+    categories = cfg.get("categories")
+    if isinstance(categories, str):
+        categories = [c.strip() for c in categories.split(",") if c.strip()]
+    if per_category:
+        if not categories or not isinstance(categories, list):
+            raise SweepConfigError("per_category: true needs the list of categories under 'categories' "
+                                   "(e.g. the 15 of MVTec AD)")
+        _refuse_duplicates("categories", [str(c) for c in categories])
+        return [(str(c), {"categories": [str(c)]}) for c in categories]
+    if groups is None:
+        return [("", {})]
+    if not isinstance(groups, list) or not groups:
+        raise SweepConfigError(f"groups must be a non-empty list of protocols such as ['1x15', '14-1', '10-5'], "
+                               f"got {groups!r}")
+    from .scenarios.streams import parse_group
+
+    labels = ["" if g is None else str(g).strip() for g in groups]
+    _refuse_duplicates("groups", labels)
+    for g in labels:
+        if not g:
+            continue
+        try:
+            parse_group(g, len(categories) if categories else _sizes_total(g))
+        except ValueError as exc:
+            raise SweepConfigError(f"groups: {exc}") from exc
+    return [(g, {"group": g or None}) for g in labels]
+
+
+def _sizes_total(group: str) -> int:
+    """A category count that `group` splits exactly, so that, when the sweep lists no categories,
+    :func:`parse_group` checks only the protocol's syntax (the dataset's count is known at run time)."""
+    total = 0
+    for part in group.split("-"):
+        size, _, count = part.partition("x")
+        total += int(size) * int(count or 1) if size.isdigit() and (count or "1").isdigit() else 0
+    return max(total, 1)
+
+
+def _refuse_duplicates(key: str, values: list[str]) -> None:
+    dupes = sorted({v for v in values if values.count(v) > 1})
+    if dupes:
+        raise SweepConfigError(f"{key}: {dupes} listed twice; each entry makes its own runs, list it once")
 
 
 def _slug(text: str) -> str:
@@ -119,11 +198,10 @@ DATASET_KEYS = ("dataset", "root", "categories", "n_tasks", "image_size", "group
 
 
 def expand(cfg: dict, out_dir: Path | str) -> list[Job]:
-    """All jobs of a sweep config: orders x models x strategies, in a stable order, each with its Config."""
-    from .config import Config, ConfigError
-
+    """All jobs of a sweep config: models x strategies x orders x streams, in a stable order, each with its Config."""
     unknown = set(cfg) - {*DATASET_KEYS, "name", "models", "strategies", "orders", "metrics", "seed", "wandb",
-                          "strategy_kwargs", "resources", "executor", "workers", "description"}
+                          "strategy_kwargs", "resources", "executor", "workers", "description", "per_category",
+                          "groups"}
     if unknown:
         raise SweepConfigError(f"unknown keys in sweep config: {sorted(unknown)}")
     dataset = {k: cfg[k] for k in DATASET_KEYS if k in cfg}
@@ -133,26 +211,38 @@ def expand(cfg: dict, out_dir: Path | str) -> list[Job]:
     metrics = list(cfg.get("metrics") or METRICS)
     strategies = cfg.get("strategies") or ["naive"]
     jobs = []
-    for (model, mkw), regime, order in itertools.product(_expand_models(cfg.get("models")), strategies,
-                                                         _expand_orders(cfg.get("orders"))):
-        preset = mkw.get("preset")
-        name = "-".join(_slug(p) for p in (dataset["dataset"], model + (f"_{preset}" if preset else ""), regime, order))
-        params = {k: v for k, v in mkw.items() if k not in ("preset", "device")}
-        try:
-            config = Config.from_dict({
-                "data": {**dataset, "order": order},
-                "model": {"name": model, "preset": preset, "params": params, "device": mkw.get("device")},
-                "strategy": {"name": regime, "params": dict(cfg.get("strategy_kwargs") or {})},
-                "run": {"out": str(out_dir), "name": name, "metrics": metrics, "seed": int(cfg.get("seed", 0)),
-                        "wandb": cfg.get("wandb", "off"), "progress": False},
-            }, source=f"sweep {cfg.get('name', '')}".strip())
-        except ConfigError as exc:
-            raise SweepConfigError(str(exc)) from exc
-        jobs.append(Job(name=name, out_dir=str(out_dir), config=config.to_dict(), group=str(cfg["name"])))
+    streams = _expand_streams(cfg)
+    for model, mkw in _expand_models(cfg.get("models")):
+        for regime, order, (suffix, stream) in itertools.product(mkw.get("strategies") or strategies,
+                                                                 _expand_orders(cfg.get("orders")), streams):
+            jobs.append(_job(cfg, out_dir, dataset, metrics, model, mkw, regime, order, suffix, stream))
     names = [j.name for j in jobs]
     if len(set(names)) != len(names):
         raise SweepConfigError("two sweep entries expand to the same run name; give models distinct presets")
     return jobs
+
+
+def _job(cfg: dict, out_dir: Path | str, dataset: dict, metrics: list[str], model: str, mkw: dict, regime: str,
+         order: str, suffix: str, stream: dict) -> Job:
+    """One run of a sweep: the sweep's dataset keys, overridden by the model entry's and the stream's."""
+    from .config import Config, ConfigError
+
+    preset = mkw.get("preset")
+    parts = [dataset["dataset"], model + (f"_{preset}" if preset else ""), regime, order] + ([suffix] if suffix else [])
+    name = "-".join(_slug(p) for p in parts)
+    params = {k: v for k, v in mkw.items() if k not in MODEL_ENTRY_KEYS}
+    data = {**dataset, **({"image_size": mkw["image_size"]} if "image_size" in mkw else {}), **stream}
+    try:
+        config = Config.from_dict({
+            "data": {**data, "order": order},
+            "model": {"name": model, "preset": preset, "params": params, "device": mkw.get("device")},
+            "strategy": {"name": regime, "params": dict(cfg.get("strategy_kwargs") or {})},
+            "run": {"out": str(out_dir), "name": name, "metrics": metrics, "seed": int(cfg.get("seed", 0)),
+                    "wandb": cfg.get("wandb", "off"), "progress": False},
+        }, source=f"sweep {cfg.get('name', '')}".strip())
+    except ConfigError as exc:
+        raise SweepConfigError(str(exc)) from exc
+    return Job(name=name, out_dir=str(out_dir), config=config.to_dict(), group=str(cfg["name"]))
 
 
 def build_scenario(dataset: dict, order: str, seed: int = 0):
@@ -167,11 +257,18 @@ def _is_finished(run_dir: Path) -> bool:
     return (run_dir / "summary.json").is_file() and (run_dir / "plots").is_dir()
 
 
-def execute_job(job: Job | dict, threads: int | None = None) -> dict:
-    """Run one job (skipping it when finished); never raises, returns a status record."""
+def execute_job(job: Job | dict, threads: int | None = None, wait: bool = False) -> dict:
+    """Run one job (skipping it when finished); never raises an Exception, returns a status record.
+
+    A run folder held by another process (another sweep on the same folder, or an earlier attempt
+    still alive) is not launched a second time: its status is "busy", naming the holder. With
+    `wait` (a retry after a worker died) the job waits for the holder instead, then resumes.
+    """
     if isinstance(job, dict):
         job = Job(**job)
     import torch
+
+    from .errors import RunLocked
 
     if threads:
         torch.set_num_threads(threads)
@@ -190,37 +287,110 @@ def execute_job(job: Job | dict, threads: int | None = None) -> dict:
         scenario = config.build_scenario()
         strategy = config.build_strategy(config.build_cache())
         run(strategy, scenario, **config.run_kwargs(), wandb_group=job.group,
-            extra_config={"sweep": job.group, "strategy": job.strategy})
+            extra_config={"sweep": job.group, "strategy": job.strategy}, wait=wait)
         (run_dir / "error.txt").unlink(missing_ok=True)
         return {"name": job.name, "status": "done", "seconds": time.perf_counter() - start, "error": ""}
+    except RunLocked as exc:  # the folder is another process's: write nothing into it
+        log.warning("run %s not launched: %s holds it", job.name, exc.holder)
+        return {"name": job.name, "status": "busy", "seconds": time.perf_counter() - start,
+                "error": f"held by {exc.holder}"}
     except Exception as exc:  # noqa: BLE001 - a failed run is recorded and must not stop the sweep
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "error.txt").write_text(traceback.format_exc())
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / "error.txt").write_text(traceback.format_exc())
+        except OSError:  # a full disk must not turn a recorded failure into a crash of the sweep
+            pass
         log.error("run %s failed: %s", job.name, exc)
         return {"name": job.name, "status": "failed", "seconds": time.perf_counter() - start,
                 "error": f"{type(exc).__name__}: {exc}"}
 
 
-def _local(jobs: list[Job], workers: int) -> Iterable[dict]:
-    if workers <= 1:
+class _Attempts:
+    """How often each job was started and why earlier attempts ended: the ``attempts`` and ``notes``
+    columns of sweep_status.csv. A job whose worker died is started again up to `max_retries` times."""
+
+    def __init__(self, max_retries: int) -> None:
+        self.max_retries = max(0, int(max_retries))
+        self.count: dict[str, int] = {}
+        self.notes: dict[str, list[str]] = {}
+
+    def start(self, job: Job) -> bool:
+        """Count a start of `job`; True for a retry (which waits for the run folder's lock)."""
+        self.count[job.name] = self.count.get(job.name, 0) + 1
+        return self.count[job.name] > 1
+
+    def died(self, job: Job, why: str) -> bool:
+        """Note that `job`'s worker died; True if it may be started again."""
+        self.notes.setdefault(job.name, []).append(f"attempt {self.count[job.name]}: {why}")
+        retry = self.count[job.name] <= self.max_retries
+        log.warning("run %s: %s; %s", job.name, why,
+                    "starting it again (it resumes from its cells and checkpoint)" if retry
+                    else f"giving up after {self.count[job.name]} attempt(s) (--max-retries {self.max_retries})")
+        return retry
+
+    def record(self, rec: dict) -> dict:
+        """`rec` with its attempts and notes."""
+        return {**rec, "attempts": self.count.get(rec["name"], 1), "notes": "; ".join(self.notes.get(rec["name"], []))}
+
+    def gave_up(self, job: Job) -> dict:
+        return self.record({"name": job.name, "status": "failed", "seconds": 0.0,
+                            "error": f"its worker died {self.count[job.name]} time(s)"})
+
+
+def _local(jobs: list[Job], workers: int, max_retries: int = 1) -> Iterable[dict]:
+    """Run the jobs here (one at a time) or in a pool of `workers` processes, retrying those whose worker died."""
+    tries = _Attempts(max_retries)
+    if workers <= 1:  # in this process: if it dies, the sweep dies with it and nothing is left to retry
         for job in jobs:
-            yield execute_job(job)
+            tries.start(job)
+            yield tries.record(execute_job(job))
         return
+    queue = list(jobs)
+    while queue:
+        died: list[Job] = []
+        yield from _pool_round(queue, workers, tries, died)  # leaves in `queue` the jobs it did not start
+        for job in died:
+            if tries.died(job, "its worker process died (a pool stops every worker when one dies)"):
+                queue.append(job)
+            else:
+                yield tries.gave_up(job)
+
+
+def _pool_round(queue: list[Job], workers: int, tries: _Attempts, died: list[Job]) -> Iterable[dict]:
+    """Run jobs taken from `queue` in one process pool, at most `workers` at a time, until `queue` is empty
+    or the pool breaks (a worker was killed): the jobs it was running then go to `died`."""
     import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    from concurrent.futures.process import BrokenProcessPool
 
     threads = max(1, (os.cpu_count() or 1) // workers)
+    running: dict = {}
     with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
-        futures = [pool.submit(execute_job, asdict(job), threads) for job in jobs]
-        for fut in as_completed(futures):
-            yield fut.result()
+        while (queue or running) and not died:
+            while queue and len(running) < workers:  # bounded, so a broken pool stops only started jobs
+                job = queue.pop(0)
+                running[pool.submit(execute_job, asdict(job), threads, tries.start(job))] = job
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for fut in done:
+                job = running.pop(fut)
+                if isinstance(fut.exception(), BrokenProcessPool):
+                    died.append(job)
+                else:
+                    yield tries.record(fut.result())
+    for fut, job in running.items():  # after a break: the pool has settled every future by now
+        if isinstance(fut.exception(), BrokenProcessPool):
+            died.append(job)
+        else:
+            yield tries.record(fut.result())
 
 
-def _ray(jobs: list[Job], address: str | None, resources: dict) -> Iterable[dict]:
-    try:
-        import ray
-    except ImportError as exc:
-        raise RuntimeError("--executor ray needs Ray: pip install 'ray>=2.9'") from exc
+def _ray(jobs: list[Job], address: str | None, resources: dict, max_retries: int = 1) -> Iterable[dict]:
+    """Run the jobs as Ray tasks; a task whose worker (or node) died is submitted again, up to
+    `max_retries` times (Ray's own retries are off, so that each attempt is counted and noted)."""
+    from ._extras import require
+    from .errors import Terminated
+
+    ray = require("ray", extra="ray", purpose="--executor ray")
     started_here = not ray.is_initialized()
     if started_here:
         if address:
@@ -229,46 +399,72 @@ def _ray(jobs: list[Job], address: str | None, resources: dict) -> Iterable[dict
             ray.init(num_cpus=int(resources.get("num_cpus_total", os.cpu_count() or 1)), include_dashboard=False,
                      log_to_driver=False)
     opts = {"num_cpus": float(resources.get("num_cpus", 1)), "num_gpus": float(resources.get("num_gpus", 0))}
-    remote = ray.remote(**opts)(execute_job)
+    remote = ray.remote(max_retries=0, **opts)(execute_job)
     threads = max(1, int(opts["num_cpus"]))
-    pending = [remote.remote(asdict(job), threads) for job in jobs]
+    tries = _Attempts(max_retries)
+    pending = {remote.remote(asdict(job), threads, tries.start(job)): job for job in jobs}
     try:
         while pending:
-            done, pending = ray.wait(pending, num_returns=1)
-            yield ray.get(done[0])
+            done, _ = ray.wait(list(pending), num_returns=1)
+            job = pending.pop(done[0])
+            try:
+                rec = ray.get(done[0])
+            except ray.exceptions.RayError as exc:  # the worker process or its node died, or was preempted
+                if isinstance(exc, ray.exceptions.RayTaskError) and not isinstance(exc.cause, Terminated):
+                    raise  # execute_job itself raised: not a dead worker
+                if tries.died(job, f"its Ray worker died ({_first_line(exc)})"):
+                    pending[remote.remote(asdict(job), threads, tries.start(job))] = job
+                else:
+                    yield tries.gave_up(job)
+                continue
+            yield tries.record(rec)
     finally:
         if started_here:
             ray.shutdown()
 
 
+def _first_line(exc: BaseException, limit: int = 200) -> str:
+    text = " ".join((str(exc).strip().splitlines() or [""])[0].split())
+    text = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def run_sweep(cfg: dict, out_dir: Path | str, executor: str = "local", workers: int = 1, address: str | None = None,
               resources: dict | None = None, progress: bool = True,
-              on_result: Callable[[dict], None] | None = None) -> list[dict]:
+              on_result: Callable[[dict], None] | None = None, max_retries: int = 1) -> list[dict]:
     """Execute every job of a sweep config; returns one status record per job.
 
-    `resources` (Ray) is per run, e.g. {"num_cpus": 4, "num_gpus": 1}.
+    `resources` (Ray) is per run, e.g. {"num_cpus": 4, "num_gpus": 1}. A run whose worker process
+    died (Ray, or a local pool of `workers` > 1) is started again up to `max_retries` times and
+    resumes from its cells and checkpoint; sweep_status.csv records each run's attempts and what
+    ended the earlier ones. A run folder held by another process is not launched again ("busy").
     """
     from tqdm.auto import tqdm
+
+    from .errors import disk_errors
 
     if executor not in EXECUTORS:
         raise ValueError(f"--executor must be one of {EXECUTORS}, got {executor!r}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     jobs = expand(cfg, out_dir)
-    (out_dir / "sweep.json").write_text(json.dumps({"config": cfg, "jobs": [j.name for j in jobs]}, indent=2,
-                                                   default=str))
+    with disk_errors("the sweep's job list", out_dir / "sweep.json"):
+        (out_dir / "sweep.json").write_text(json.dumps({"config": cfg, "jobs": [j.name for j in jobs]}, indent=2,
+                                                       default=str))
     resources = {**(cfg.get("resources") or {}), **(resources or {})}
-    stream = _local(jobs, workers) if executor == "local" else _ray(jobs, address, resources)
+    stream = (_local(jobs, workers, max_retries) if executor == "local"
+              else _ray(jobs, address, resources, max_retries))
     results = []
     counts = {"done": 0, "skipped": 0, "failed": 0}
     with tqdm(total=len(jobs), desc=f"sweep {cfg['name']}", unit="run", disable=not progress) as bar:
         for rec in stream:
             results.append(rec)
-            counts[rec["status"]] += 1
+            counts[rec["status"]] = counts.get(rec["status"], 0) + 1
             bar.write(f"{rec['status']:>7}  {rec['name']}  {rec['seconds']:.1f}s  {rec['error']}".rstrip())
             bar.update(1)
             bar.set_postfix(counts)
-            _append_status(out_dir / "sweep_status.csv", rec)
+            with disk_errors("the sweep's status table", out_dir / "sweep_status.csv"):
+                _append_status(out_dir / "sweep_status.csv", rec)
             if on_result:
                 on_result(rec)
     if cfg.get("wandb", "off") != "off" and any(r["status"] != "failed" for r in results):
@@ -290,10 +486,32 @@ def _log_summary_table(cfg: dict, out_dir: Path) -> None:
     run.finish()
 
 
+STATUS_COLUMNS = ("name", "status", "attempts", "seconds", "error", "notes")
+
+
 def _append_status(path: Path, rec: dict) -> None:
-    new = not path.exists()
+    """One row of sweep_status.csv; a table of an older version (fewer columns) is rewritten first."""
+    if path.exists():
+        with path.open(newline="") as fh:
+            reader = csv.DictReader(fh)
+            old = list(reader)
+            header = tuple(reader.fieldnames or ())
+        if header != STATUS_COLUMNS:
+            from .results import atomic_write_text
+
+            rows = [{"attempts": 1, **{k: v for k, v in r.items() if k in STATUS_COLUMNS}} for r in old]
+            atomic_write_text(path, _status_csv(rows, header=True))
+    text = _status_csv([{**rec, "seconds": f"{rec['seconds']:.2f}"}], header=not path.exists())
     with path.open("a", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=["name", "status", "seconds", "error"])
-        if new:
-            w.writeheader()
-        w.writerow({**rec, "seconds": f"{rec['seconds']:.2f}"})
+        fh.write(text)
+
+
+def _status_csv(rows: list[dict], header: bool) -> str:
+    import io
+
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(STATUS_COLUMNS), extrasaction="ignore")
+    if header:
+        w.writeheader()
+    w.writerows(rows)
+    return buf.getvalue()

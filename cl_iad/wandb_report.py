@@ -38,10 +38,9 @@ def report_definition(root: Path | str, project: str, entity: str = "") -> dict:
 
 def build_report(defn: dict):
     """The ``wandb_workspaces`` Report object for a definition (no network until ``.save()``)."""
-    try:
-        import wandb_workspaces.reports.v2 as wr
-    except ImportError as exc:
-        raise RuntimeError("wandb-report needs wandb-workspaces: pip install wandb-workspaces") from exc
+    from ._extras import require
+
+    wr = require("wandb_workspaces.reports.v2", extra="wandb-reports", purpose="cl-iad wandb-report")
     group_filter = " or ".join(f"Config('sweep') = '{g}'" for g in defn["groups"] if g)
     runset = wr.Runset(entity=defn["entity"], project=defn["project"], name="sweep runs",
                        filters=group_filter, groupby=list(defn["groupby"]))
