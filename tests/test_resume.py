@@ -36,6 +36,7 @@ def _env() -> dict:
             "OMP_NUM_THREADS": str(torch.get_num_threads())}
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL is POSIX; Windows has no kill -9 to simulate")
 def test_killed_run_resumes_without_refitting_and_matches_an_unbroken_run(tiny_stream, tmp_path, shared_cache):
     # the reference: the same settings, uninterrupted, in this process
     unbroken = Strategy(build_model("patchcore"), "replay", buffer_size=6, buffer_policy="task_balanced",
