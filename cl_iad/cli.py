@@ -99,6 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     m = sub.add_parser("models", help="list the available models")
     m.add_argument("--presets", action="store_true", help="also show each model's preset settings")
+    m.add_argument("--all", action="store_true",
+                   help="also try every image model of anomalib through the generic adapter, offline (minutes): "
+                        "which run, which need weights to be downloaded, which fail, with the reason")
 
 
     sw = sub.add_parser("sweep", help="run a grid of orders x models x strategies from a YAML file")
@@ -330,6 +333,11 @@ def cmd_models(args) -> int:
         if getattr(args, "presets", False):
             for preset, kw in info.presets.items():
                 print(f"{'':22s}   {preset}: {kw}")
+    if getattr(args, "all", False):
+        from .models.anomalib_adapter import survey_anomalib_models, survey_table
+
+        print("\nanomalib's image models through --model anomalib_adapter --param anomalib_model=NAME:")
+        print(survey_table(survey_anomalib_models()))
     return 0
 
 

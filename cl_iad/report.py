@@ -286,6 +286,11 @@ def make_report(root: Path | str, out: Path | str | None = None) -> Path:
     s = summary_table(runs, tuple(metrics_present))
     _write_table(s, out / "table_summary", "ACC, BWT and FM (mean ± std over orders)")
     sections.append(("ACC, BWT and FM", s))
+    from .evaluation_extra import NOTES, methods_table
+
+    c = methods_table(runs)
+    _write_table(c, out / "table_methods", "Continual methods side by side (mean ± std over orders)", NOTES)
+    sections.append(("Continual methods side by side", c))
     from .resources import resources_table
 
     cost = resources_table((r.method + (f" ({r.order})" if r.order else ""), r.run_dir) for r in runs)

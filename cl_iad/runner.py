@@ -22,6 +22,7 @@ import numpy as np
 from . import metrics as M
 from .checkpoint import seeded
 from .errors import Terminated, UserError, disk_errors, signals_as_exceptions, signals_deferred
+from .mixed import MixedTaskEvaluation
 from .recorders import Cell, Recorder, Recorders, RunContext, RunResult, builtin_recorders
 from .resources import Resources
 from .results import METRICS, ResultStore, RunLock, atomic_write_text
@@ -195,7 +196,7 @@ def run(
     name = name or run_name(scenario, strategy)
     run_dir = Path(out_dir) / name
     hooks = Recorders([Resources(), *builtin_recorders(wandb, wandb_group, checkpoint, save_model, spec),
-                       *recorders])
+                       MixedTaskEvaluation(), *recorders])
     with signals_as_exceptions(), RunLock(run_dir, wait=wait), disk_errors("the run's results", run_dir):
         try:
             ctx = _start(strategy, scenario, run_dir, name, metrics, overwrite, extra_config)

@@ -100,7 +100,7 @@ def _expand_models(models) -> list[tuple[str, dict]]:
 
 
 # keys of a `models` entry that are not constructor arguments of the model
-MODEL_ENTRY_KEYS = ("preset", "device", "strategies", "image_size")
+MODEL_ENTRY_KEYS = ("preset", "device", "strategies", "image_size", "eval_mode")
 
 
 def _check_model_entry(name: str, kwargs: dict) -> None:
@@ -201,7 +201,7 @@ def expand(cfg: dict, out_dir: Path | str) -> list[Job]:
     """All jobs of a sweep config: models x strategies x orders x streams, in a stable order, each with its Config."""
     unknown = set(cfg) - {*DATASET_KEYS, "name", "models", "strategies", "orders", "metrics", "seed", "wandb",
                           "strategy_kwargs", "resources", "executor", "workers", "description", "per_category",
-                          "groups"}
+                          "groups", "eval_mode"}
     if unknown:
         raise SweepConfigError(f"unknown keys in sweep config: {sorted(unknown)}")
     dataset = {k: cfg[k] for k in DATASET_KEYS if k in cfg}
@@ -228,7 +228,9 @@ def _job(cfg: dict, out_dir: Path | str, dataset: dict, metrics: list[str], mode
     from .config import Config, ConfigError
 
     preset = mkw.get("preset")
-    parts = [dataset["dataset"], model + (f"_{preset}" if preset else ""), regime, order] + ([suffix] if suffix else [])
+    eval_mode = mkw.get("eval_mode", cfg.get("eval_mode", "aware"))
+    parts = [dataset["dataset"], model + (f"_{preset}" if preset else ""),
+             regime + ("_agnostic" if eval_mode == "agnostic" else ""), order] + ([suffix] if suffix else [])
     name = "-".join(_slug(p) for p in parts)
     params = {k: v for k, v in mkw.items() if k not in MODEL_ENTRY_KEYS}
     data = {**dataset, **({"image_size": mkw["image_size"]} if "image_size" in mkw else {}), **stream}
@@ -236,7 +238,7 @@ def _job(cfg: dict, out_dir: Path | str, dataset: dict, metrics: list[str], mode
         config = Config.from_dict({
             "data": {**data, "order": order},
             "model": {"name": model, "preset": preset, "params": params, "device": mkw.get("device")},
-            "strategy": {"name": regime, "params": dict(cfg.get("strategy_kwargs") or {})},
+            "strategy": {"name": regime, "eval_mode": eval_mode, "params": dict(cfg.get("strategy_kwargs") or {})},
             "run": {"out": str(out_dir), "name": name, "metrics": metrics, "seed": int(cfg.get("seed", 0)),
                     "wandb": cfg.get("wandb", "off"), "progress": False},
         }, source=f"sweep {cfg.get('name', '')}".strip())

@@ -21,7 +21,11 @@ def test_models_command_shows_all_fifteen(capsys):
     assert "ewc" in out and "lwf" in out
 
 
-@pytest.mark.parametrize("info", MODEL_INFOS, ids=lambda i: i.name)
+# the seed's single-task table; the adapter and MH-PatchCore came later and have no seed_mvtec config
+SEED_MODELS = [i for i in MODEL_INFOS if i.name not in ("anomalib_adapter", "mhpatchcore")]
+
+
+@pytest.mark.parametrize("info", SEED_MODELS, ids=lambda i: i.name)
 def test_seed_config_carries_the_benchmark_settings(info):
     cfg = yaml.safe_load((CONFIGS / f"{info.name}.yaml").read_text())
     assert cfg["model"]["name"] == info.name and cfg["model"]["preset"] == "benchmark"

@@ -24,7 +24,7 @@ IMAGE_METRICS = ("image_auroc", "image_aupr")
 ROUTABLE = [info.name for info in MODEL_INFOS if "per_task" in regimes_for(info) and not info.trains_by_gradient]
 # how each routable model's embedding is laid out; the reference pooling below follows it
 LAYOUT = {"dfkde": "vector", "dfm": "channels_first", "padim": "channels_first", "patchcore": "channels_first",
-          "rkde": "regions"}
+          "rkde": "regions", "mhpatchcore": "channels_first"}
 
 
 def test_every_frozen_feature_model_is_listed_as_routable():

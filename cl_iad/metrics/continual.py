@@ -13,6 +13,15 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 FORGETTING_DEFINITIONS = ("chaudhry", "avalanche", "im-iad", "max-all")
+# One line of citation per definition, written beside each value in summary.json and reports.
+FORGETTING_LABELS = {
+    "chaudhry": "Chaudhry et al. (ECCV 2018): mean over the T-1 old tasks of max_{l in [j, T-2]} R[l][j] - R[T-1][j]",
+    "im-iad": "IM-IAD (Xie et al., 2023): the same per-task values, summed and divided by T (the newest task counts 0)",
+    "avalanche": "Avalanche: mean over the T-1 old tasks of R[j][j] - R[T-1][j] (right after learning minus final)",
+    "max-all": "mean over the T-1 old tasks of max over every row l of R[l][j] - R[T-1][j]",
+    "joint-gap": "joint minus continual: mean over tasks of R_joint[T-1][j] - R[T-1][j], against a joint run of the "
+                 "same settings",
+}
 
 
 def _matrix(R) -> np.ndarray:
@@ -111,3 +120,23 @@ def average_forgetting(R, definition: str = "chaudhry") -> float:
     if definition == "im-iad":
         return float(finite.sum() / (finite.size + 1))
     return float(finite.mean())
+
+
+def joint_gap_per_task(R, R_joint) -> np.ndarray:
+    """Per task j, the final score of joint training minus the final continual score: R_joint[-1][j] - R[-1][j].
+
+    "Forgetting relative to joint training", as papers comparing against the joint upper bound use
+    it: what the continual run loses, after the last task, against one model trained on every task
+    at once under the same settings. Both matrices have the same tasks in the same order; NaN cells
+    stay NaN.
+    """
+    r, j = _matrix(R), _matrix(R_joint)
+    if r.shape != j.shape:
+        raise ValueError(f"joint gap: the continual matrix is {r.shape} and the joint one {j.shape}; compare runs "
+                         "of the same tasks")
+    return j[-1] - r[-1]
+
+
+def joint_gap(R, R_joint) -> float:
+    """Mean over tasks of :func:`joint_gap_per_task` (NaN tasks skipped): ACC of joint minus ACC of continual."""
+    return _nanmean(joint_gap_per_task(R, R_joint))

@@ -93,7 +93,7 @@ class Strategy:
         out = {"regime": self.regime, "buffer_size": replay.buffer_size if replay else None,
                "buffer_policy": replay.buffer_policy if replay else None, "task_aware": self.task_aware,
                "strategy_seed": self.seed, "eval_mode": "aware" if self.task_aware else "agnostic",
-               "router": f"feature_stats:{self.plugin('per_task').router_metric}" if self.routes else None}
+               "router": next((p.router_name(self) for p in self.plugins if p.routes(self)), None)}
         for plugin in self.plugins:
             out.update({k: v for k, v in plugin.config().items() if k not in out and k != "router_metric"})
         return {**out, **self.model.config()}

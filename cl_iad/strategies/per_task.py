@@ -47,6 +47,9 @@ class PerTask(RegimePlugin):
     def routes(self, strategy) -> bool:
         return strategy.eval_mode == "agnostic"
 
+    def router_name(self, strategy) -> str:
+        return f"feature_stats:{self.router_metric}"
+
     def before_task(self, strategy, task) -> None:
         model = strategy.model
         if model.trains_by_gradient:  # every task starts from the same initial weights

@@ -38,6 +38,7 @@ class RegimePlugin:
     requires_gradient: ClassVar[bool] = False  # only for models trained by gradient (EWC, LwF, MAS)
     exclusive: ClassVar[bool] = False  # cannot be combined with any other regime (joint, per_task)
     chooses_data: ClassVar[bool] = False  # decides what is trained on: at most one per strategy
+    gives_maps: ClassVar[bool] = True  # False: predictions carry no anomaly map whatever the model (DNE)
 
     def __init__(self, **params: Any) -> None:
         unknown = sorted(set(params) - set(self.params))
@@ -90,6 +91,15 @@ class RegimePlugin:
     def routes(self, strategy: Any) -> bool:
         """Whether test images are routed to a task's state (task-agnostic per-task models)."""
         return False
+
+    def router_name(self, strategy: Any) -> str | None:
+        """What picks each test image's task when :meth:`routes` (``router`` in config.json)."""
+        return None
+
+    @classmethod
+    def supports(cls, model: Any) -> bool:
+        """Whether this regime can run `model` (class, instance or ModelInfo); ``cl-iad models`` lists these."""
+        return bool(getattr(model, "trains_by_gradient", False)) or not cls.requires_gradient
 
     # -- state -------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

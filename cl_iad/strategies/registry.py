@@ -40,9 +40,8 @@ def regime_names() -> tuple[str, ...]:
 
 def regimes_for(model: Any) -> tuple[str, ...]:
     """The single regimes a model (class, instance or ModelInfo) can run under."""
-    gradient = bool(getattr(model, "trains_by_gradient", False))
     plugins = regime_plugins()
-    return tuple(n for n in regime_names() if gradient or not plugins[n].requires_gradient)
+    return tuple(n for n in regime_names() if plugins[n].supports(model))
 
 
 def parse_regime(text: str, params: dict[str, Any]) -> list[RegimePlugin]:
