@@ -3,7 +3,9 @@ sizes and backbone passes are exactly those of the run, and hands its values on 
 
 from __future__ import annotations
 
-import numpy as np
+import mmap
+import time
+
 import pytest
 
 from cl_iad.recorders import Recorder
@@ -97,8 +99,12 @@ def test_peak_rss_sees_an_allocation_inside_the_window():
     try:
         rss.reset()
         base = rss.peak()
-        block = np.ones(64 * 2**20 // 8)  # 64 MiB, touched
+        # a fresh anonymous mapping, touched: numpy's allocator may reuse memory already resident
+        # late in a long test session (glibc raises its mmap threshold after large frees)
+        block = mmap.mmap(-1, 64 * 2**20)
+        block.write(b"\x01" * (64 * 2**20))
+        time.sleep(0.05)  # a few sampling intervals
         assert rss.peak() >= base + 48 * 2**20
-        del block
+        block.close()
     finally:
         rss.stop()
