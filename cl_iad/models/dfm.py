@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import ClassVar
 
 import torch
@@ -9,6 +10,19 @@ import torch.nn.functional as F
 
 from .frozen import FrozenFeatureModel
 from .offline import assign_tensors
+
+
+def fit_single_class_gaussian(gaussian: torch.nn.Module, dataset: torch.Tensor) -> None:
+    """anomalib's ``SingleClassGaussian.fit`` on `dataset` (features, samples), line for line.
+
+    anomalib 2.7's own ``fit`` calls ``torch.mean(dataset, dim=1, device=...)``, which torch
+    rejects (TypeError), so ``score_type="nll"`` cannot be fitted through it; the arithmetic here is
+    the same without that argument (tests/test_parity_frozen.py compares the scores).
+    """
+    num_samples = dataset.shape[1]
+    gaussian.mean_vec = torch.mean(dataset, dim=1)
+    centred = (dataset - gaussian.mean_vec.reshape(-1, 1)) / math.sqrt(num_samples)
+    gaussian.u_mat, gaussian.sigma_mat, _ = torch.linalg.svd(centred, full_matrices=False)
 
 
 class DFM(FrozenFeatureModel):
@@ -66,7 +80,7 @@ class DFM(FrozenFeatureModel):
         flat = embeddings.reshape(len(embeddings), -1).clone()
         m.pca_model.fit(flat)
         if self.score_type == "nll":
-            m.gaussian_model.fit(m.pca_model.transform(flat).T)
+            fit_single_class_gaussian(m.gaussian_model, m.pca_model.transform(flat).T)
         self.fitted_ = True
         return self
 

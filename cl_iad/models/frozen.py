@@ -64,7 +64,7 @@ class FrozenFeatureModel(AnomalyModel):
         self.backbone = backbone
         self.weights = weights
         spec = backbone_spec(backbone)
-        self.layers = list(layers) if layers else [spec.layers[i] for i in self.default_layer_picks]
+        self.layers = list(layers) if layers else self.default_layers(backbone)
         self.seed = seed
         self.normalization = normalization
         mean, std = _normalization_stats(normalization, spec)
@@ -122,6 +122,11 @@ class FrozenFeatureModel(AnomalyModel):
         return predictions(scores, maps)
 
     # -- construction -------------------------------------------------------------------
+    def default_layers(self, backbone: str) -> list[str]:
+        """Layers used when none are given: ``default_layer_picks`` of the backbone's (/4, /8, /16) stages."""
+        spec = backbone_spec(backbone)
+        return [spec.layers[i] for i in self.default_layer_picks]
+
     def _build(self, timm_name: str) -> torch.nn.Module:
         raise NotImplementedError
 

@@ -28,10 +28,13 @@ class Padim(FrozenFeatureModel):
         n = self.n_features
         if n is None:
             # anomalib's defaults are for resnet18 (100) and wide_resnet50_2 (550); for other
-            # nets keep all channels up to 100, the resnet18 setting.
+            # nets keep all channels up to 100, the resnet18 setting. The probe is built on the
+            # meta device: it draws no random numbers, so PadimModel's channel draw (torch.randperm
+            # after its own extractor) is anomalib's for the same seed (tests/test_parity_frozen.py).
             import timm
 
-            probe = timm.create_model(timm_name, pretrained=False, features_only=True)
+            with torch.device("meta"):
+                probe = timm.create_model(timm_name, pretrained=False, features_only=True)
             names = [i["module"] for i in probe.feature_info.info]
             total = sum(probe.feature_info.channels()[names.index(layer)] for layer in self.layers)
             n = {"resnet18": 100, "wide_resnet50_2": 550}.get(timm_name, min(100, total))

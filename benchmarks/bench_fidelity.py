@@ -1,0 +1,390 @@
+"""Fidelity: each model trained through cl_iad and through anomalib's own Engine, on the same data.
+
+For every model, on one category in MVTec AD layout (default: ``tissue`` of the real-photo set that
+``../shared/tools/make_photo_set.py`` writes; or ``--dataset synthetic``), at 128 px:
+
+* **cl_iad**: :func:`cl_iad.runner.run` on a 1-task stream (``naive``) with the model's ``FIDELITY``
+  setting below;
+* **anomalib**: the model's Lightning module (``anomalib.models.<X>``) fitted and run by
+  ``anomalib.engine.Engine`` with the ``MVTecAD`` datamodule on the same folder. Its torch model is a
+  copy of ours *before* training (same architecture, same initial weights, the same ImageNet backbone
+  weights from :mod:`cl_iad.backbones`); the pre-processor resizes to the same size and normalises
+  as our backbone expects (models without a backbone keep anomalib's own pre-processor); same epochs
+  and batch size; anomalib's ``training_step``, ``configure_optimizers`` and ``fit`` do the rest.
+  No checkpoint files (``save_top_k=0``), no logger, no visualizer, no progress bar, no per-epoch
+  validation (no model here stops early or thresholds); post-processing is off, so scores are raw.
+
+Both sides' predictions are scored by cl_iad's metrics (exact AUROC, MVTec's PRO up to FPR 0.3),
+so a difference is the models', not two metric implementations'. Architecture parity (our torch
+model equals anomalib's) is pinned separately by ``tests/test_parity_frozen.py`` and
+``tests/test_parity_gradient.py``; this script checks what training and data handling add.
+RKDE has no anomalib 2 model (n/a); DSR needs its VQ-VAE weights (``--dsr-weights``).
+
+Randomness: frozen-feature models see the training images in file order, with the global
+generators seeded as ours seeds them right before anomalib's ``fit``, so PatchCore's coreset is
+the same on both sides. Gradient-trained models keep anomalib's shuffled loader and seeding, so
+their difference also holds batch-order noise; ``--seeds N`` prints the range of our own image
+AUROC over seeds 0..N-1, the scale on which to read a difference.
+
+Goal: |cl_iad - anomalib| <= 0.02 for image AUROC, pixel AUROC and PRO, per model.
+
+    python benchmarks/bench_fidelity.py --models patchcore,padim,dfm,dfkde,rkde,stfpm,fastflow --seeds 2
+    python benchmarks/bench_fidelity.py --epochs-scale 0.25          # all 15, shorter training
+
+Writes ``results/fidelity/fidelity.csv`` and ``fidelity.md`` (the 15-row table printed at the end).
+Rows of earlier runs on the same data are kept, so the models can be run in several sittings (a
+model run again replaces its row); ``--fresh`` starts a new table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import inspect
+import logging
+import math
+import subprocess
+import sys
+import time
+from pathlib import Path
+from unittest import mock
+
+import numpy as np
+import torch
+from common import REPO, setup_logging, work_dir
+
+log = logging.getLogger("bench.fidelity")
+
+METRICS = ("image_auroc", "pixel_auroc", "pro")
+GOAL = 0.02
+PHOTO_TOOL = REPO.parent / "shared" / "tools" / "make_photo_set.py"
+# anomalib 2.7's Lightning class for each model; RKDE has none (anomalib 2 dropped it).
+ANOMALIB_CLASS = {"cfa": "Cfa", "cflow": "Cflow", "csflow": "Csflow", "dfkde": "Dfkde", "dfm": "Dfm",
+                  "draem": "Draem", "dsr": "Dsr", "fastflow": "Fastflow", "ganomaly": "Ganomaly", "padim": "Padim",
+                  "patchcore": "Patchcore", "reverse_distillation": "ReverseDistillation", "rkde": None,
+                  "stfpm": "Stfpm", "uflow": "Uflow"}
+# The fidelity setting: constructor arguments that train for real on a CPU at 128 px (40 training
+# images). Frozen-feature models keep their defaults; DFM pools 2x2 so that its /16 stage keeps a
+# 4x4 map at 128 px (anomalib's 4x4 pooling of a 16x16 map at 256 px gives the same 4x4).
+# Gradient-trained models: anomalib's hyper-parameters with fewer epochs (and, where a full-width
+# network is too slow for a CPU, a narrower one); `--epochs-scale` scales the epochs. Early
+# stopping is off on both sides (patience 0), so both train exactly `epochs` epochs.
+FIDELITY: dict[str, dict] = {
+    "patchcore": {},
+    "padim": {},
+    "dfm": {"pooling_kernel_size": 2},
+    "dfkde": {},
+    "rkde": {},
+    "stfpm": {"epochs": 40, "batch_size": 8},
+    "ganomaly": {"epochs": 40, "batch_size": 8},
+    "fastflow": {"epochs": 30, "batch_size": 8},
+    "reverse_distillation": {"epochs": 30, "batch_size": 8, "patience": 0},
+    "cfa": {"epochs": 15, "batch_size": 8, "patience": 0},
+    "cflow": {"epochs": 4, "batch_size": 8},
+    "csflow": {"epochs": 40, "batch_size": 8, "cross_conv_hidden_channels": 256, "patience": 0},
+    "uflow": {"epochs": 30, "batch_size": 8},
+    "draem": {"epochs": 60, "batch_size": 8, "recon_width": 32, "disc_width": 32},
+    "dsr": {"epochs": 40, "batch_size": 8},
+}
+FROZEN = ("patchcore", "padim", "dfm", "dfkde", "rkde")
+
+
+# -- data ------------------------------------------------------------------------------------
+def dataset(kind: str, category: str, size: int, out: Path) -> Path:
+    """Root of an MVTec AD-layout folder holding `category` at `size` px (written on first use)."""
+    if kind == "photo":
+        root = out / f"photo_{size}px"
+        if not (root / category / "train").is_dir():
+            if not PHOTO_TOOL.is_file():
+                raise SystemExit(f"{PHOTO_TOOL} not found; pass --dataset synthetic or --photo-tool PATH")
+            subprocess.run([sys.executable, str(PHOTO_TOOL), str(root), "--size", str(size)], check=True)
+        return root
+    from cl_iad.scenarios import synthetic
+
+    scenario = synthetic(out / "synthetic", categories=[category], image_size=size, n_train=40, n_test_good=16,
+                         n_test_per_defect=4)
+    return scenario[0].train.samples[0].image_path.parents[3]
+
+
+def setting(name: str, epochs_scale: float, dsr_weights: str | None) -> dict:
+    """The model's fidelity constructor arguments, with the epochs scaled (at least 1)."""
+    from cl_iad.models.registry import model_info
+
+    args = dict(FIDELITY[name])
+    if "patience" not in getattr(model_info(name).load(), "hp_defaults", {}):
+        args.pop("patience", None)  # a checkout without early stopping trains every epoch anyway
+    if "epochs" in args:
+        args["epochs"] = max(1, round(args["epochs"] * epochs_scale))
+    if name == "dsr":
+        args["vq_weights"] = dsr_weights
+    if name == "draem":
+        # anomalib's Draem needs an anomaly-source folder (it downloads DTD otherwise): both sides
+        # read the same textures, rendered by our synthetic generator
+        from cl_iad.models.draem import render_texture_folder
+
+        folder = render_texture_folder(work_dir("fidelity_data") / "draem_textures", n=40, size=128)
+        args.update(anomaly_source="dtd", dtd_dir=str(folder))
+    return args
+
+
+def build(name: str, args: dict):
+    from cl_iad.models.registry import build_model
+
+    return build_model(name, **{"device": "cpu", "seed": 0, **args})
+
+
+# -- the two sides ----------------------------------------------------------------------------
+def run_ours(name: str, args: dict, root: Path, category: str, size: int, out: Path) -> dict[str, float]:
+    """Metrics of cl_iad's loop on the 1-task stream of `category` (``args["seed"]``, default 0)."""
+    from cl_iad.runner import run
+    from cl_iad.scenarios import from_folder
+    from cl_iad.strategies import Strategy
+
+    scenario = from_folder(root, [category], image_size=size, dataset="fidelity")
+    seed = args.get("seed", 0)
+    result = run(Strategy(build(name, args), "naive", seed=seed), scenario, out / "cl_iad", name=f"{name}-seed{seed}",
+                 metrics=list(METRICS),
+                 wandb="off", progress=False, overwrite=True, checkpoint=False, save_model=False)
+    return {m: float(result.matrices[m].to_numpy()[0, 0]) for m in METRICS}
+
+
+def _pre_processor(model, name: str, size: int):
+    """Resize to `size`, then our backbone's normalisation; anomalib's own for models without a backbone."""
+    import anomalib.models as am
+    from anomalib.pre_processing import PreProcessor
+    from torchvision.transforms.v2 import Compose, Normalize, Resize
+
+    if getattr(model, "uses_backbone", True):
+        mean, std = model._mean.flatten().tolist(), model._std.flatten().tolist()
+        return PreProcessor(transform=Compose([Resize((size, size), antialias=True), Normalize(mean, std)]))
+    return getattr(am, ANOMALIB_CLASS[name]).configure_pre_processor((size, size))
+
+
+def lightning_module(name: str, ours, size: int):
+    """anomalib's Lightning module for `name`, holding a copy of our untrained torch model."""
+    import anomalib.models as am
+
+    from cl_iad.backbones import backbone_spec
+    from cl_iad.models.offline import no_downloads
+
+    cls = getattr(am, ANOMALIB_CLASS[name])
+    accepted = inspect.signature(cls.__init__).parameters
+    kwargs: dict = {"pre_processor": _pre_processor(ours, name, size), "post_processor": False,
+                    "evaluator": False, "visualizer": False}
+    # hyper-parameters read by the Lightning module itself (optimisers, coreset, fibre batches)
+    hp = {**getattr(ours, "hp", {}), "lr": getattr(ours, "lr", None), "batch_size": getattr(ours, "batch_size", None),
+          "coreset_sampling_ratio": getattr(ours, "coreset_ratio", None)}
+    kwargs.update({k: v for k, v in hp.items() if k in accepted and v is not None})
+    if getattr(ours, "layers", None) and "backbone" in accepted:
+        kwargs["backbone"] = backbone_spec(ours.backbone).timm_name
+    if getattr(ours, "layers", None) and "layers" in accepted:
+        kwargs["layers"] = list(ours.layers)
+    if "layer" in accepted:
+        kwargs["layer"] = ours.layers[0]
+    if "pre_trained" in accepted:
+        kwargs["pre_trained"] = False
+    if name == "padim":
+        kwargs["n_features"] = ours.n_features
+    if name in FROZEN:
+        with no_downloads():
+            module = cls(**kwargs)
+        # Lightning keeps each submodule's train/eval mode through fit, so the copy takes the modes
+        # anomalib's own construction gives (frozen extractors in eval, the rest in train); ours
+        # puts the whole module in eval.
+        modes = {n: m.training for n, m in module.model.named_modules()}
+        module.model = copy.deepcopy(ours.module)  # same architecture and initial weights as ours
+        for n, m in module.model.named_modules():
+            m.training = modes.get(n, True)
+    else:
+        # The Lightning module builds a copy of our freshly built torch model instead of its own:
+        # CFA's and CS-Flow's own constructors download torchvision weights, and the copy gives
+        # both sides the same initial weights (the parity tests pin that ours is anomalib's model).
+        namespace = sys.modules[cls.__module__]
+        torch_models = [n for n, v in vars(namespace).items()
+                        if isinstance(v, type) and issubclass(v, torch.nn.Module) and v.__module__.endswith("torch_model")]
+        with contextlib.ExitStack() as stack:
+            for attr in torch_models:
+                stack.enter_context(mock.patch.object(namespace, attr, lambda *a, **k: copy.deepcopy(ours.module)))
+            stack.enter_context(no_downloads())
+            module = cls(**kwargs)
+    if name == "dsr":
+        weights = Path(ours.hp["vq_weights"])
+        module.prepare_pretrained_model = lambda: weights  # anomalib would download them
+    return module
+
+
+def run_anomalib(name: str, args: dict, root: Path, category: str, size: int, out: Path) -> dict[str, float]:
+    """Metrics of anomalib's Engine fit + predict on the same folder, scored by cl_iad's metrics."""
+    from anomalib.callbacks.checkpoint import ModelCheckpoint
+    from anomalib.data import MVTecAD
+    from anomalib.engine import Engine
+    from lightning.pytorch import seed_everything
+    from torch.utils.data import DataLoader
+
+    from cl_iad.runner import METRIC_FUNCTIONS
+    from cl_iad.strategies.base import Predictions
+
+    ours = build(name, args)
+    if hasattr(ours, "setup"):
+        ours.setup(size)  # gradient-trained: build the module as our fit would
+    module = lightning_module(name, ours, size)
+    batch = getattr(ours, "batch_size", 16)
+    datamodule = MVTecAD(root=root, category=category, train_batch_size=batch, eval_batch_size=batch, num_workers=0)
+    epochs = getattr(ours, "epochs", 1)
+    engine = Engine(default_root_dir=out / "anomalib", logger=False, accelerator="cpu", devices=1, max_epochs=epochs,
+                    enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+                    callbacks=[ModelCheckpoint(dirpath=out / "anomalib" / "ckpt", save_top_k=0, save_last=False)])
+    seed_everything(ours.seed, workers=True)
+    if name in FROZEN:
+        # Same randomness as ours: the images in file order (our feature cache's order) and the
+        # global generators seeded right before the fit, as our coreset and KDE subsample seed them.
+        # Otherwise PatchCore's coreset start differs, which alone moves its image AUROC by up to
+        # 0.06 on the photo set (seeds 0-3 of ours: 0.883-0.945).
+        fit = module.fit
+
+        def seeded_fit() -> None:
+            torch.manual_seed(ours.seed)
+            np.random.seed(ours.seed)
+            fit()
+
+        module.fit = seeded_fit
+        datamodule.setup()
+        train = DataLoader(datamodule.train_data, batch_size=batch, shuffle=False,
+                           collate_fn=datamodule.train_data.collate_fn)
+        engine.fit(model=module, train_dataloaders=train)
+    else:
+        engine.fit(model=module, datamodule=datamodule)
+    datamodule.setup()
+    batches = engine.predict(model=module, dataloaders=datamodule.test_dataloader(), return_predictions=True)
+    scores = torch.cat([b.pred_score.reshape(-1) for b in batches]).float().numpy()
+    has_maps = all(b.anomaly_map is not None for b in batches)
+    maps = torch.cat([b.anomaly_map.reshape(len(b.pred_score), size, size) for b in batches]).float().numpy() \
+        if has_maps else None
+    labels = torch.cat([b.gt_label.reshape(-1) for b in batches]).numpy().astype(np.int64)
+    masks = torch.cat([b.gt_mask.reshape(-1, size, size) for b in batches]).numpy().astype(bool)
+    pred = Predictions(scores.astype(np.float64), maps)
+    return {m: float(METRIC_FUNCTIONS[m](pred, labels, masks)) for m in METRICS}
+
+
+# -- the table ---------------------------------------------------------------------------------
+def _fmt(v: float) -> str:
+    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"
+
+
+def _text(v, fmt: str = "{}") -> str:
+    """A table cell: "-" for a missing or NaN value (rows read back from the CSV hold NaN)."""
+    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else fmt.format(v)
+
+
+def table(rows: list[dict]) -> str:
+    """Markdown: per model, each metric for cl_iad, anomalib and their difference, and the verdict."""
+    head = ["model", "epochs"] + [f"{m} {side}" for m in METRICS for side in ("cl_iad", "anomalib", "diff")] + \
+        ["within 0.02", "cl_iad image_auroc over seeds", "minutes"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [r["model"], _text(r.get("epochs"), "{:.0f}")]
+        for m in METRICS:
+            cells += [_fmt(r.get(f"{m}_cl_iad")), _fmt(r.get(f"{m}_anomalib")), _fmt(r.get(f"{m}_diff"))]
+        cells += [_text(r.get("verdict")), _text(r.get("image_auroc_seed_range")), _text(r.get("minutes"), "{:.1f}")]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def verdict(row: dict) -> str:
+    diffs = [row.get(f"{m}_diff") for m in METRICS]
+    diffs = [d for d in diffs if d is not None and not math.isnan(d)]
+    if not diffs:
+        return "n/a"
+    return "yes" if max(abs(d) for d in diffs) <= GOAL else "NO"
+
+
+def one_model(name: str, args: dict, root: Path, category: str, size: int, out: Path, note: str | None,
+              seeds: int = 1) -> dict:
+    row: dict = {"model": name, "epochs": args.get("epochs", 1)}
+    start = time.perf_counter()
+    ours = run_ours(name, args, root, category, size, out / name)
+    if seeds > 1:  # how far our own result moves with the seed alone: the scale a difference is read on
+        others = [run_ours(name, {**args, "seed": s}, root, category, size, out / name) for s in range(1, seeds)]
+        aurocs = [ours["image_auroc"]] + [o["image_auroc"] for o in others]
+        row["image_auroc_seed_range"] = f"{min(aurocs):.3f}-{max(aurocs):.3f}"
+    theirs = None if note else run_anomalib(name, args, root, category, size, out / name)
+    for m in METRICS:
+        row[f"{m}_cl_iad"] = ours[m]
+        row[f"{m}_anomalib"] = float("nan") if theirs is None else theirs[m]
+        row[f"{m}_diff"] = ours[m] - row[f"{m}_anomalib"]
+    row["verdict"] = note or verdict(row)
+    row["minutes"] = (time.perf_counter() - start) / 60
+    log.info("%s: %s", name, {k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()})
+    return row
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", default=",".join(FIDELITY), help="comma-separated model names (default: all 15)")
+    parser.add_argument("--epochs-scale", type=float, default=1.0, help="multiply every gradient model's epochs")
+    parser.add_argument("--dataset", choices=("photo", "synthetic"), default="photo")
+    parser.add_argument("--category", default=None, help="default: tissue (photo) or screw (synthetic)")
+    parser.add_argument("--image-size", type=int, default=128)
+    parser.add_argument("--dsr-weights", default=None, help="DSR's VQ-VAE weights file (without it DSR is n/a)")
+    parser.add_argument("--seeds", type=int, default=1,
+                        help="also run cl_iad with seeds 1..N-1 and print its image AUROC range (default 1: off)")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--out", type=Path, default=REPO / "results" / "fidelity")
+    parser.add_argument("--fresh", action="store_true",
+                        help="start a new table (default: keep the rows of models not rerun, same data only)")
+    args = parser.parse_args(argv)
+    setup_logging()
+    logging.getLogger("bench").setLevel(logging.INFO)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    names = [n.strip() for n in args.models.split(",") if n.strip()]
+    unknown = [n for n in names if n not in FIDELITY]
+    if unknown:
+        raise SystemExit(f"unknown models {unknown}; choose from {', '.join(FIDELITY)}")
+    category = args.category or ("tissue" if args.dataset == "photo" else "screw")
+    args.out.mkdir(parents=True, exist_ok=True)
+    root = dataset(args.dataset, category, args.image_size, work_dir("fidelity_data"))
+    data = {"dataset": args.dataset, "category": category, "image_size": args.image_size}
+    rows = {} if args.fresh else _previous(args.out / "fidelity.csv", data)
+    for name in names:
+        if name == "dsr" and not args.dsr_weights:
+            rows[name] = {"model": name, **data, "verdict": "n/a (needs --dsr-weights)", "minutes": 0.0}
+            continue
+        note = "n/a (no anomalib 2 model)" if ANOMALIB_CLASS[name] is None else None
+        row = one_model(name, setting(name, args.epochs_scale, args.dsr_weights), root, category, args.image_size,
+                        work_dir("fidelity_runs"), note, args.seeds)
+        rows[name] = {**row, **data, "epochs_scale": args.epochs_scale}
+        _write(rows, args.out, data)
+    text = _write(rows, args.out, data)
+    print(text, flush=True)
+    return [rows[n] for n in FIDELITY if n in rows]
+
+
+def _previous(csv: Path, data: dict) -> dict[str, dict]:
+    """Rows of earlier runs on the same data (a model run now replaces its row), so runs can be split."""
+    import pandas as pd
+
+    if not csv.is_file():
+        return {}
+    old = pd.read_csv(csv, keep_default_na=True)
+    same = (old[list(data)].astype(str) == pd.Series({k: str(v) for k, v in data.items()})).all(axis=1) \
+        if set(data) <= set(old.columns) else old.index < 0
+    return {r["model"]: r for r in old[same].to_dict("records")}
+
+
+def _write(rows: dict[str, dict], out: Path, data: dict) -> str:
+    """The 15-row table (models not run yet: "not run") as Markdown and CSV under `out`."""
+    import pandas as pd
+
+    ordered = [rows.get(n, {"model": n, "verdict": "not run"}) for n in FIDELITY]
+    header = (f"Fidelity at {data['image_size']} px on {data['dataset']}/{data['category']} "
+              f"(diff = cl_iad - anomalib; goal |diff| <= {GOAL}; epochs as run, see the epochs column)")
+    text = header + "\n\n" + table(ordered) + "\n"
+    pd.DataFrame([rows[n] for n in FIDELITY if n in rows]).to_csv(out / "fidelity.csv", index=False)
+    (out / "fidelity.md").write_text(text)
+    return text
+
+
+if __name__ == "__main__":
+    main()
