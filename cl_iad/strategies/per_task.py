@@ -18,7 +18,7 @@ import torch
 
 from ..models.base import Predictions
 from .plugin import RegimePlugin
-from .router import FeatureStatsRouter
+from .router import FeatureStatsRouter, scatter_predictions
 
 
 class PerTask(RegimePlugin):
@@ -87,7 +87,7 @@ class PerTask(RegimePlugin):
             idx = (routed == tid).nonzero().flatten()
             model.load_state_dict(self.task_states_[tid])
             parts.append((idx.numpy(), model.predict_features(emb[idx.to(emb.device)], data.image_size)))
-        return _scatter(parts, len(emb), routed.numpy())
+        return scatter_predictions(parts, len(emb), routed.numpy())
 
     def state_dict(self) -> dict:
         return {"task_states": {int(k): v for k, v in self.task_states_.items()}, "initial": self.initial_,
@@ -98,15 +98,3 @@ class PerTask(RegimePlugin):
         self.initial_ = state.get("initial")
         if self.router_ is not None and state.get("router") is not None:
             self.router_.load_state_dict(state["router"])
-
-
-def _scatter(parts: list[tuple[np.ndarray, Predictions]], n: int, routed: np.ndarray) -> Predictions:
-    """Put each routed group's predictions back at its images' positions (maps None if any group has none)."""
-    scores = np.zeros(n, dtype=np.float64)
-    has_maps = bool(parts) and all(p.anomaly_map is not None for _, p in parts)
-    maps = np.zeros((n, *parts[0][1].anomaly_map.shape[1:]), dtype=np.float32) if has_maps else None
-    for idx, p in parts:
-        scores[idx] = p.pred_score
-        if maps is not None:
-            maps[idx] = p.anomaly_map
-    return Predictions(scores, maps, routed)

@@ -14,7 +14,10 @@ pass and the router never guesses an embedding's layout.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
+
+from ..models.base import Predictions
 
 ROUTER_METRICS = ("gaussian", "euclidean")
 
@@ -93,3 +96,15 @@ class FeatureStatsRouter:
         """The chosen task id for each image."""
         idx = self.scores(features).argmin(dim=1)
         return torch.tensor(self.task_ids_, dtype=torch.long)[idx]
+
+
+def scatter_predictions(parts: list[tuple[np.ndarray, Predictions]], n: int, routed: np.ndarray) -> Predictions:
+    """Each routed group's predictions back at its images' positions (maps None if a group has none)."""
+    scores = np.zeros(n, dtype=np.float64)
+    has_maps = bool(parts) and all(p.anomaly_map is not None for _, p in parts)
+    maps = np.zeros((n, *parts[0][1].anomaly_map.shape[1:]), dtype=np.float32) if has_maps else None
+    for idx, p in parts:
+        scores[idx] = p.pred_score
+        if maps is not None:
+            maps[idx] = p.anomaly_map
+    return Predictions(scores, maps, routed)

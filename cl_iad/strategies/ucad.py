@@ -34,6 +34,7 @@ from ..models.base import Predictions
 from ..models.ops.coreset import greedy_coreset_indices
 from ..models.ops.knn import nearest_neighbors
 from .plugin import RegimePlugin
+from .router import scatter_predictions
 
 
 def patch_vectors(model, embeddings: torch.Tensor) -> torch.Tensor:
@@ -53,18 +54,6 @@ def key_distances(patches: torch.Tensor, keys: list[torch.Tensor]) -> torch.Tens
         d, _ = nearest_neighbors(flat, k.to(flat.device, flat.dtype), 1)
         cols.append(d.reshape(n, p).mean(dim=1))
     return torch.stack(cols, dim=1)
-
-
-def scatter_predictions(parts: list[tuple[np.ndarray, Predictions]], n: int, routed: np.ndarray) -> Predictions:
-    """Each routed group's predictions back at its images' positions (maps None if a group has none)."""
-    scores = np.zeros(n, dtype=np.float64)
-    has_maps = bool(parts) and all(p.anomaly_map is not None for _, p in parts)
-    maps = np.zeros((n, *parts[0][1].anomaly_map.shape[1:]), dtype=np.float32) if has_maps else None
-    for idx, p in parts:
-        scores[idx] = p.pred_score
-        if maps is not None:
-            maps[idx] = p.anomaly_map
-    return Predictions(scores, maps, routed)
 
 
 class UCAD(RegimePlugin):
