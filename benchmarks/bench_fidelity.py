@@ -23,8 +23,8 @@ RKDE has no anomalib 2 model (n/a); DSR needs its VQ-VAE weights (``--dsr-weight
 Randomness: frozen-feature models see the training images in file order, with the global
 generators seeded as ours seeds them right before anomalib's ``fit``, so PatchCore's coreset is
 the same on both sides. Gradient-trained models keep anomalib's shuffled loader and seeding, so
-their difference also holds batch-order noise; ``--seeds N`` prints the range of our own image
-AUROC over seeds 0..N-1, the scale on which to read a difference.
+their difference also holds batch-order noise; ``--seeds N`` runs both sides with seeds 0..N-1,
+compares the means and prints each side's image-AUROC range, the scale on which to read a difference.
 
 Goal: |cl_iad - anomalib| <= 0.02 for image AUROC, pixel AUROC and PRO, per model.
 
@@ -280,13 +280,14 @@ def _text(v, fmt: str = "{}") -> str:
 def table(rows: list[dict]) -> str:
     """Markdown: per model, each metric for cl_iad, anomalib and their difference, and the verdict."""
     head = ["model", "epochs"] + [f"{m} {side}" for m in METRICS for side in ("cl_iad", "anomalib", "diff")] + \
-        ["within 0.02", "cl_iad image_auroc over seeds", "minutes"]
+        ["within 0.02", "seeds", "image_auroc range cl_iad", "image_auroc range anomalib", "minutes"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [r["model"], _text(r.get("epochs"), "{:.0f}")]
         for m in METRICS:
             cells += [_fmt(r.get(f"{m}_cl_iad")), _fmt(r.get(f"{m}_anomalib")), _fmt(r.get(f"{m}_diff"))]
-        cells += [_text(r.get("verdict")), _text(r.get("image_auroc_seed_range")), _text(r.get("minutes"), "{:.1f}")]
+        cells += [_text(r.get("verdict")), _text(r.get("seeds"), "{:.0f}"), _text(r.get("image_auroc_range_cl_iad")),
+                  _text(r.get("image_auroc_range_anomalib")), _text(r.get("minutes"), "{:.1f}")]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -301,18 +302,24 @@ def verdict(row: dict) -> str:
 
 def one_model(name: str, args: dict, root: Path, category: str, size: int, out: Path, note: str | None,
               seeds: int = 1) -> dict:
-    row: dict = {"model": name, "epochs": args.get("epochs", 1)}
+    """One table row: each metric's mean over seeds 0..`seeds`-1 for both sides, and their difference.
+
+    With several seeds the row also gives each side's image-AUROC range: a difference inside
+    both ranges is seed noise (batch order, coreset start), not a different model.
+    """
+    row: dict = {"model": name, "epochs": args.get("epochs", 1), "seeds": seeds}
     start = time.perf_counter()
-    ours = run_ours(name, args, root, category, size, out / name)
-    if seeds > 1:  # how far our own result moves with the seed alone: the scale a difference is read on
-        others = [run_ours(name, {**args, "seed": s}, root, category, size, out / name) for s in range(1, seeds)]
-        aurocs = [ours["image_auroc"]] + [o["image_auroc"] for o in others]
-        row["image_auroc_seed_range"] = f"{min(aurocs):.3f}-{max(aurocs):.3f}"
-    theirs = None if note else run_anomalib(name, args, root, category, size, out / name)
+    ours = [run_ours(name, {**args, "seed": s}, root, category, size, out / name) for s in range(seeds)]
+    theirs = [] if note else [run_anomalib(name, {**args, "seed": s}, root, category, size, out / name)
+                              for s in range(seeds)]
     for m in METRICS:
-        row[f"{m}_cl_iad"] = ours[m]
-        row[f"{m}_anomalib"] = float("nan") if theirs is None else theirs[m]
-        row[f"{m}_diff"] = ours[m] - row[f"{m}_anomalib"]
+        row[f"{m}_cl_iad"] = float(np.mean([o[m] for o in ours]))
+        row[f"{m}_anomalib"] = float(np.mean([t[m] for t in theirs])) if theirs else float("nan")
+        row[f"{m}_diff"] = row[f"{m}_cl_iad"] - row[f"{m}_anomalib"]
+    if seeds > 1:
+        for side, results in (("cl_iad", ours), ("anomalib", theirs)):
+            aurocs = [r["image_auroc"] for r in results]
+            row[f"image_auroc_range_{side}"] = f"{min(aurocs):.3f}-{max(aurocs):.3f}" if aurocs else None
     row["verdict"] = note or verdict(row)
     row["minutes"] = (time.perf_counter() - start) / 60
     log.info("%s: %s", name, {k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()})
@@ -328,7 +335,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--dsr-weights", default=None, help="DSR's VQ-VAE weights file (without it DSR is n/a)")
     parser.add_argument("--seeds", type=int, default=1,
-                        help="also run cl_iad with seeds 1..N-1 and print its image AUROC range (default 1: off)")
+                        help="run both sides with seeds 0..N-1: means, and each side's image AUROC range")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--out", type=Path, default=REPO / "results" / "fidelity")
     parser.add_argument("--fresh", action="store_true",
