@@ -269,7 +269,10 @@ def run_anomalib(name: str, args: dict, root: Path, category: str, size: int, ou
 
 # -- the table ---------------------------------------------------------------------------------
 def _fmt(v: float) -> str:
-    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "n/a"
+    text = f"{v:.3f}"
+    return "0.000" if text == "-0.000" else text
 
 
 def _text(v, fmt: str = "{}") -> str:
