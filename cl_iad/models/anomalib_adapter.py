@@ -51,7 +51,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from .base import FitContext, Predictions, predictions
+from .base import FitContext
 from .trainable import GradientModel, as_maps
 
 log = logging.getLogger(__name__)
@@ -457,16 +457,7 @@ class AnomalibAdapter(GradientModel):
     def trainable_parameters(self) -> list[nn.Parameter]:
         return self.regularised_parameters()
 
-    # -- prediction -------------------------------------------------------------------------
-    @torch.no_grad()
-    def predict(self, data) -> Predictions:
-        scores, maps = [], []
-        for batch in DataLoader(data, batch_size=self.batch_size, shuffle=False):
-            s, m = self.predict_batch(batch["image"])
-            scores.append(s)
-            maps.append(m)
-        return predictions(scores, maps)
-
+    # -- prediction (GradientModel.predict batches the set through predict_batch) ------------
     @torch.no_grad()
     def predict_batch(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Scores (B,) and maps (B, H, W) from the module's validation_step (its InferenceBatch)."""
