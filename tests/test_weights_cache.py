@@ -141,3 +141,21 @@ def test_rkde_detector_weights_come_from_torch_hub_checkpoints(caches):
     path.parent.mkdir(parents=True)
     path.write_bytes(b"seeded")
     assert fetch_fasterrcnn() == path
+
+
+def test_rkde_faster_rcnn_without_proposer_weights_loads_the_seeded_torch_hub_file_offline(caches):
+    from torchvision.models.detection import fasterrcnn_resnet50_fpn
+
+    torch.manual_seed(3)
+    seeded = fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None).state_dict()
+    path = caches / "torch" / "hub" / "checkpoints" / "fasterrcnn_resnet50_fpn_coco-258fb6c6.pth"
+    with pytest.raises(FetchError, match=re.escape(str(path))):  # empty cache, offline: names the file
+        build_model("rkde", proposer="faster_rcnn", weights="random")
+    path.parent.mkdir(parents=True)
+    torch.save(seeded, path)
+
+    model = build_model("rkde", proposer="faster_rcnn", weights="random")
+    assert model.proposer.weights == path
+    loaded = model.proposer.detector.state_dict()
+    assert set(loaded) == set(seeded)
+    assert all(torch.equal(loaded[k], seeded[k]) for k in seeded)

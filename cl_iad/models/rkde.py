@@ -29,7 +29,7 @@ from torch import nn
 
 from ..backbones import WeightsError
 from .frozen import FrozenFeatureModel
-from .offline import assign_tensors
+from .offline import assign_tensors, fetch_fasterrcnn
 
 log = logging.getLogger(__name__)
 
@@ -81,8 +81,8 @@ class FasterRCNNProposer:
             raise WeightsError(
                 f"RKDE Faster R-CNN weights not found: {path}. Save them on a machine with internet: "
                 "torch.save(torchvision.models.detection.fasterrcnn_resnet50_fpn(weights='DEFAULT')"
-                ".state_dict(), 'fasterrcnn_resnet50_fpn.pth'), then pass proposer_weights=<that file>; "
-                "or use the offline grid proposer (proposer='grid').")
+                ".state_dict(), 'fasterrcnn_resnet50_fpn.pth'), then pass proposer_weights=<that file>, or leave "
+                "proposer_weights unset to use torch hub's cache; or use the offline grid proposer (proposer='grid').")
         from torchvision.models.detection import fasterrcnn_resnet50_fpn
 
         self.weights = path
@@ -133,7 +133,6 @@ class RKDE(FrozenFeatureModel):
     presets: ClassVar[dict] = {"benchmark": {"backbone": "resnet18",
                                              "layers": ["layer2", "layer3"],
                                              "proposer": "faster_rcnn",
-                                             "proposer_weights": "weights/fasterrcnn_resnet50_fpn.pth",
                                              "n_pca_components": 16},
                                "light": {"n_pca_components": 8}}
     notes = ("region scores only (boxes, no pixel map): pixel metrics NaN; offline grid proposer by "
@@ -153,10 +152,10 @@ class RKDE(FrozenFeatureModel):
         if proposer == "grid":
             self.proposer = GridProposer(tuple(grid_scales), grid_overlap)
         elif proposer == "faster_rcnn":
-            if proposer_weights is None:
-                raise WeightsError("RKDE proposer='faster_rcnn' needs proposer_weights=<fasterrcnn_resnet50_fpn "
-                                   "state-dict file>; or use proposer='grid', which needs no weights")
-            self.proposer = FasterRCNNProposer(proposer_weights, max_regions, min_size=proposer_min_size)
+            # torchvision's COCO weights from torch hub's cache (downloaded there once when online), as
+            # anomalib 1's RKDE got them; proposer_weights=FILE wins
+            self.proposer = FasterRCNNProposer(proposer_weights or fetch_fasterrcnn(), max_regions,
+                                               min_size=proposer_min_size)
         else:
             raise ValueError(f"unknown RKDE proposer {proposer!r}; choose 'grid' or 'faster_rcnn'")
         super().__init__(*args, **kwargs)
