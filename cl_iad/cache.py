@@ -7,12 +7,19 @@ The key of an entry is (model feature key, image size, file path, file size, fil
 The model's ``feature_key`` names the backbone, its weights, the layers and whatever else
 shapes the embedding; the file's size and mtime make an edited image a new entry.
 
-Two stores:
+Three tiers, tried in this order on every read:
 
-* memory (always): a dict, optionally bounded by ``max_memory_mb`` (least recently used
-  entries are dropped first);
-* disk (``directory=...``): one ``.npy`` per image, written atomically, so large streams keep
-  a small resident set and a restarted run reuses the features of the killed one.
+* device: features computed on an accelerator stay there (no copy back and forth between
+  evaluations), up to ``max_device_mb`` (None: unbounded). Past the cap the least recently used
+  entries move to host memory, into page-locked (pinned) buffers, from which the copy back to
+  the GPU is asynchronous. Features computed on the CPU skip this tier.
+* host memory: a dict, optionally bounded by ``max_memory_mb`` (least recently used entries are
+  dropped first; with a disk store they are still on disk);
+* disk (``directory=...``): one ``.npy`` per image, written atomically when computed, so large
+  streams keep a small resident set and a restarted run reuses the features of the killed one.
+
+Whichever tier an entry comes from, :meth:`FeatureCache.embeddings` returns it on the model's
+device.
 
 Each disk entry ends with a SHA-256 of its key and its bytes, so a file that is truncated, holds
 another array (another shape or dtype) or was copied from another entry is detected when it is
@@ -50,7 +57,7 @@ class FeatureModel(Protocol):
 
     feature_key: str
 
-    def extract(self, images: torch.Tensor) -> torch.Tensor: ...
+    def extract_features(self, images: torch.Tensor) -> torch.Tensor: ...
 
 
 def is_cacheable(model: object) -> bool:
@@ -74,17 +81,22 @@ def _library_tag() -> str:
 class FeatureCache:
     """Embeddings of each image, keyed by model features, image size and file identity.
 
-    `directory` turns on the disk store; `max_memory_mb` bounds the in-memory store (None:
-    unbounded; 0: keep nothing in memory, read every hit from disk). `enabled=False` makes a
-    cache that stores nothing, the baseline for benchmarks.
+    `directory` turns on the disk store; `max_memory_mb` bounds the host-memory store (None:
+    unbounded; 0: keep nothing in memory, read every hit from disk); `max_device_mb` bounds the
+    features kept on an accelerator (None: unbounded; 0: move every entry to host memory).
+    `enabled=False` makes a cache that stores nothing, the baseline for benchmarks.
     """
 
     def __init__(self, directory: Path | str | None = None, max_memory_mb: float | None = None,
-                 enabled: bool = True) -> None:
+                 enabled: bool = True, max_device_mb: float | None = None) -> None:
         self.directory = Path(directory) if directory is not None else None
         self.max_memory_bytes = None if max_memory_mb is None else int(max_memory_mb * 2**20)
+        self.max_device_bytes = None if max_device_mb is None else int(max_device_mb * 2**20)
         self.enabled = enabled
-        self._store: OrderedDict[tuple, torch.Tensor] = OrderedDict()
+        self._device: OrderedDict[tuple, torch.Tensor] = OrderedDict()  # on an accelerator
+        self._device_bytes = 0
+        self.moved_to_host = 0  # entries demoted from the device tier
+        self._store: OrderedDict[tuple, torch.Tensor] = OrderedDict()  # host memory
         self._bytes = 0
         self._tag: str | None = None
         self.forward_images = 0  # images pushed through a backbone, for benchmarks
@@ -113,6 +125,10 @@ class FeatureCache:
 
     # -- stores -------------------------------------------------------------------------
     def _get(self, key: tuple) -> torch.Tensor | None:
+        hit = self._device.get(key)
+        if hit is not None:
+            self._device.move_to_end(key)
+            return hit
         hit = self._store.get(key)
         if hit is not None:
             self._store.move_to_end(key)
@@ -136,7 +152,7 @@ class FeatureCache:
             return None
         self.disk_hits += 1
         tensor = torch.from_numpy(arr)
-        self._remember(key, tensor)
+        self._remember_host(key, tensor)  # read into host memory; the caller moves it to the model's device
         return tensor
 
     def _put(self, key: tuple, tensor: torch.Tensor) -> None:
@@ -154,7 +170,34 @@ class FeatureCache:
                             "(free space there, or drop --cache-dir)", self.directory, exc)
         self._remember(key, tensor)
 
+    @staticmethod
+    def _on_device(tensor: torch.Tensor) -> bool:
+        """Whether `tensor` belongs in the device tier (it lives on an accelerator)."""
+        return tensor.device.type != "cpu"
+
+    @staticmethod
+    def _to_host(tensor: torch.Tensor) -> torch.Tensor:
+        """A host copy of a device tensor, page-locked where CUDA is present (async copies back)."""
+        host = tensor.to("cpu")
+        return host.pin_memory() if torch.cuda.is_available() else host
+
     def _remember(self, key: tuple, tensor: torch.Tensor) -> None:
+        if key in self._device or key in self._store:
+            return
+        size = tensor.numel() * tensor.element_size()
+        limit = self.max_device_bytes
+        if not self._on_device(tensor) or (limit is not None and size > limit):
+            self._remember_host(key, tensor if not self._on_device(tensor) else self._to_host(tensor))
+            return
+        self._device[key] = tensor
+        self._device_bytes += size
+        while limit is not None and self._device_bytes > limit and self._device:
+            old_key, old = self._device.popitem(last=False)
+            self._device_bytes -= old.numel() * old.element_size()
+            self.moved_to_host += 1
+            self._remember_host(old_key, self._to_host(old))
+
+    def _remember_host(self, key: tuple, tensor: torch.Tensor) -> None:
         limit = self.max_memory_bytes
         size = tensor.numel() * tensor.element_size()
         if limit is not None and size > limit:
@@ -187,8 +230,9 @@ class FeatureCache:
                 row = row.clone()  # a row of a batch would pin the whole batch in memory
                 found[i] = row
                 self._put(keys[i], row)
-        device = found[0].device if not todo else fresh.device
-        return torch.stack([found[i].to(device) for i in range(len(keys))])
+        device = getattr(model, "device", None) or (found[0].device if not todo else fresh.device)
+        # pinned host entries copy to a GPU asynchronously; the stack waits for them on the same stream
+        return torch.stack([found[i].to(device, non_blocking=True) for i in range(len(keys))])
 
     def _extract_all(self, model: FeatureModel, data, indices, batch_size: int) -> torch.Tensor:
         # Every batch is padded to `batch_size`: CPU convolution kernels are chosen by input
@@ -202,17 +246,27 @@ class FeatureCache:
             n = len(images)
             if n < batch_size:
                 images = torch.cat([images, images.new_zeros((batch_size - n, *images.shape[1:]))])
-            emb = model.extract(images)[:n]
+            emb = model.extract_features(images)[:n]
             self.forward_images += n
             out.append(emb)
         return torch.cat(out)
 
     def __len__(self) -> int:
-        return len(self._store)
+        return len(self._device) + len(self._store)
 
     @property
     def memory_bytes(self) -> int:
-        """Bytes of features held in memory now."""
+        """Bytes of features held in memory now, device and host together."""
+        return self._device_bytes + self._bytes
+
+    @property
+    def device_bytes(self) -> int:
+        """Bytes of features held on an accelerator now."""
+        return self._device_bytes
+
+    @property
+    def host_bytes(self) -> int:
+        """Bytes of features held in host memory now."""
         return self._bytes
 
 

@@ -52,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--n-train", type=int, help="synthetic: training images per category (default 20)")
     r.add_argument("--n-test-good", type=int, help="synthetic: normal test images per category (default 8)")
     r.add_argument("--n-test-per-defect", type=int, help="synthetic: test images per defect type (default 3)")
+    r.add_argument("--layout", choices=["default", "mvtec_scale"], default="default",
+                   help="synthetic: 'mvtec_scale' writes MVTec AD's 15 categories with its exact train and test "
+                        "counts (3,629 + 1,725 images; default 256 px) instead of the small built-in categories")
     r.add_argument("--order", default="alphabetical",
                    help="alphabetical | reverse | random:SEED | comma-separated category names")
     r.add_argument("--model", default="patchcore", help="model name (see 'cl-iad models')")
@@ -66,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--epochs", type=int, help="gradient-trained models: epochs per task")
     r.add_argument("--device", help="torch device of every stage (backbone, cache, coreset, k-NN, training): "
                                     "auto (default: CUDA when present, else the CPU), cpu, cuda, cuda:1")
+    r.add_argument("--precision", choices=["32", "16-mixed", "bf16-mixed"],
+                   help="frozen-feature models: precision of the backbone pass (torch.autocast; the features are "
+                        "kept in float32). Default 32. Same as --param precision=...")
     r.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                    help="a model hyper-parameter (YAML value), e.g. --param vq_weights=vq.pckl; repeatable")
     r.add_argument("--config", type=Path,
@@ -84,7 +90,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--cache-dir", type=Path,
                    help="also keep backbone features on disk here (large streams; reused by restarts and later runs)")
     r.add_argument("--cache-memory-mb", type=float,
-                   help="bound on features held in memory (default unbounded; with --cache-dir the rest stays on disk)")
+                   help="bound on features held in host memory (default unbounded; with --cache-dir the rest stays on "
+                        "disk)")
+    r.add_argument("--cache-device-mb", type=float,
+                   help="bound on features kept on the GPU (default unbounded); the least recently used move to "
+                        "pinned host memory, then (--cache-memory-mb, --cache-dir) to disk")
     r.add_argument("--bank-budget", type=int, help="memory-bank models: cap on memory-bank rows (coreset down to it)")
     r.add_argument("--no-checkpoint", action="store_true",
                    help="do not save the model after each task (a restart then re-fits earlier tasks)")
@@ -195,13 +205,15 @@ def config_from_args(args):
         "data": {"dataset": args.dataset, "root": _text(args.root), "categories": _csv_list(args.categories),
                  "group": args.group, "order": str(args.order), "n_tasks": args.n_tasks,
                  "image_size": args.image_size, "skip_bad": args.skip_bad, "n_train": args.n_train,
-                 "n_test_good": args.n_test_good, "n_test_per_defect": args.n_test_per_defect},
+                 "n_test_good": args.n_test_good, "n_test_per_defect": args.n_test_per_defect,
+                 "layout": args.layout},
         "model": {"name": args.model, "preset": args.preset, "params": params, "device": device},
         "strategy": {"name": args.strategy, "eval_mode": "agnostic" if args.task_agnostic else args.eval_mode,
                      "params": strategy_params},
         "run": {"out": str(args.out), "name": args.name, "metrics": _csv_list(args.metrics) or list(METRICS),
                 "seed": seed, "wandb": args.wandb, "checkpoint": not args.no_checkpoint,
                 "cache_dir": _text(args.cache_dir), "cache_memory_mb": args.cache_memory_mb,
+                "cache_device_mb": args.cache_device_mb,
                 "bank_budget": args.bank_budget, "overwrite": args.overwrite, "progress": not args.no_progress},
     }, source="the command line")
 
@@ -226,17 +238,17 @@ def _parse_params(items: list[str], option: str = "--param", example: str = "flo
 # keys of the flat --config format (experiments/configs/seed_mvtec/*.yaml): a `model` section and these
 _RUN_KEYS = ("dataset", "root", "categories", "n_tasks", "order", "strategy", "image_size", "buffer_size",
              "buffer_policy", "metrics", "seed", "out", "name", "wandb", "device", "group", "skip_bad", "eval_mode",
-             "n_train", "n_test_good", "n_test_per_defect")
+             "n_train", "n_test_good", "n_test_per_defect", "layout")
 _FLAT_MODEL_KEYS = ("name", "preset", "params", "device")
 # option destinations of each key of the nested format (RUN_DIR/config.yaml); checkpoint and
 # progress are the negations of --no-checkpoint and --no-progress
 _NESTED_TO_OPTIONS = {
     "data": {k: k for k in ("dataset", "root", "categories", "group", "order", "n_tasks", "image_size", "skip_bad",
-                            "n_train", "n_test_good", "n_test_per_defect")},
+                            "n_train", "n_test_good", "n_test_per_defect", "layout")},
     "model": {"name": "model", "preset": "preset", "device": "device"},
     "strategy": {"name": "strategy", "eval_mode": "eval_mode"},
-    "run": {k: k for k in ("out", "name", "metrics", "seed", "wandb", "cache_dir", "cache_memory_mb", "bank_budget",
-                           "overwrite")},
+    "run": {k: k for k in ("out", "name", "metrics", "seed", "wandb", "cache_dir", "cache_memory_mb",
+                           "cache_device_mb", "bank_budget", "overwrite")},
 }
 _NEGATED = {("run", "checkpoint"): "no_checkpoint", ("run", "progress"): "no_progress"}
 _PATH_OPTIONS = ("out", "cache_dir")
@@ -309,8 +321,8 @@ def _apply_config(args) -> dict:
                 setattr(args, key, Path(value) if key in _PATH_OPTIONS and value is not None else value)
         params.update(file_params)
     params.update(_parse_params(args.param))
-    params.update({k: v for k, v in (("backbone", args.backbone), ("weights", args.weights), ("epochs", args.epochs))
-                   if v is not None})
+    params.update({k: v for k, v in (("backbone", args.backbone), ("weights", args.weights), ("epochs", args.epochs),
+                                     ("precision", getattr(args, "precision", None))) if v is not None})
     params["seed"] = args.seed
     if args.normalization != "backbone":
         params["normalization"] = args.normalization

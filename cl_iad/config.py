@@ -14,7 +14,7 @@ On disk the config is YAML with four sections::
     model:    {name, preset, params: {constructor arguments}, device}
     strategy: {name, eval_mode, params: {regime hyper-parameters: buffer_size, ewc_lambda, ...}}
     run:      {out, name, metrics, seed, wandb, checkpoint, cache_dir, cache_memory_mb,
-               bank_budget, overwrite, progress}
+               cache_device_mb, bank_budget, overwrite, progress}
 
 Missing keys take the defaults below (the command line's defaults); an unknown key is refused
 with the allowed ones. This module imports nothing heavy and not the loop (the loop imports
@@ -59,6 +59,7 @@ class DataConfig:
     n_train: int | None = None  # synthetic sizes per category (None: the generator's defaults)
     n_test_good: int | None = None
     n_test_per_defect: int | None = None
+    layout: str = "default"  # synthetic: "default", or "mvtec_scale" (MVTec AD's 15 categories and exact counts)
 
 
 @dataclass
@@ -91,7 +92,8 @@ class RunConfig:
     wandb: str = "offline"  # off | offline | online
     checkpoint: bool = True
     cache_dir: str | None = None
-    cache_memory_mb: float | None = None
+    cache_memory_mb: float | None = None  # host-memory tier of the feature cache
+    cache_device_mb: float | None = None  # GPU tier of the feature cache (past it: pinned host memory)
     bank_budget: int | None = None  # memory-bank models: cap on memory-bank rows (max_bank_size)
     overwrite: bool = False
     progress: bool = True
@@ -201,13 +203,15 @@ class Config:
         d = self.data
         sizes = {k: getattr(d, k) for k in ("n_train", "n_test_good", "n_test_per_defect") if getattr(d, k) is not None}
         return build_scenario(d.dataset, d.root, d.categories, d.order, d.group, d.image_size, skip_bad=d.skip_bad,
-                              seed=self.run.seed, n_tasks=d.n_tasks, progress=self.run.progress, **sizes)
+                              seed=self.run.seed, n_tasks=d.n_tasks, progress=self.run.progress, layout=d.layout,
+                              **sizes)
 
     def build_cache(self):
-        """A feature cache with ``run.cache_dir`` and ``run.cache_memory_mb`` (share it between regimes)."""
+        """A feature cache with ``run.cache_dir``, ``cache_memory_mb`` and ``cache_device_mb`` (share it between
+        regimes)."""
         from .cache import FeatureCache
 
-        return FeatureCache(self.run.cache_dir, self.run.cache_memory_mb)
+        return FeatureCache(self.run.cache_dir, self.run.cache_memory_mb, max_device_mb=self.run.cache_device_mb)
 
     def build_model(self):
         """The model: registry defaults, the preset, ``model.params``, the run's seed and device."""

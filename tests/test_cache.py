@@ -37,7 +37,7 @@ class MeanModel(AnomalyModel):
     def feature_key(self) -> str:
         return "mean|gain-not-in-key"
 
-    def extract(self, images: torch.Tensor) -> torch.Tensor:
+    def extract_features(self, images: torch.Tensor) -> torch.Tensor:
         return self.gain * images.mean(dim=(2, 3), keepdim=True)
 
     # the Strategy contract, for the end-to-end check
@@ -78,7 +78,7 @@ def test_model_with_trained_backbone_never_gets_stale_features(tiny_stream):
     strategy = Strategy(TrainedBackboneModel(), "naive")
     strategy.fit_task(tiny_stream[0], tiny_stream).fit_task(tiny_stream[1], tiny_stream)
     model = strategy.model
-    expected = (model.extract(torch.stack([data[i]["image"] for i in range(len(data))])) - model.center_).abs()
+    expected = (model.extract_features(torch.stack([data[i]["image"] for i in range(len(data))])) - model.center_).abs()
     got = strategy.predict(data).pred_score
     assert got == pytest.approx(expected.sum(dim=(1, 2, 3)).numpy().astype(float), rel=1e-6)
 
@@ -126,6 +126,62 @@ def test_memory_bound_evicts_least_recently_used(tiny_stream, tmp_path):
     cache.embeddings(MeanModel(), data)
     assert len(cache) == 4 and cache.memory_bytes == 4 * one
     assert torch.equal(cache.embeddings(MeanModel(), data), FeatureCache().embeddings(MeanModel(), data))
+
+
+class AcceleratorCache(FeatureCache):
+    """The device tier's bookkeeping, run on the CPU: every computed tensor counts as on the accelerator.
+
+    Only the placement policy is exercised here (what moves where, in which order, how many
+    bytes each tier holds); the CUDA copy and the pinning need a GPU, which this machine lacks.
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.demoted: list[torch.Tensor] = []
+
+    def _on_device(self, tensor):
+        return not any(tensor is t for t in self.demoted)  # a host copy made by _to_host is host
+
+    def _to_host(self, tensor):
+        host = tensor.clone()
+        self.demoted.append(host)
+        return host
+
+
+def test_cache_tiers_device_then_host_then_disk_least_recently_used_first(tiny_stream, tmp_path):
+    data = tiny_stream[0].test
+    n, one = len(data), 3 * 4  # (3, 1, 1) float32 features
+    assert n >= 6
+    cache = AcceleratorCache(tmp_path / "c", max_device_mb=2 * one / 2**20, max_memory_mb=3 * one / 2**20)
+    reference = FeatureCache().embeddings(MeanModel(), data)
+    assert torch.equal(cache.embeddings(MeanModel(), data), reference)
+    keys = [FeatureCache.key(MeanModel(), data.image_size, s.image_path) for s in data.samples]
+    # the two most recent stay on the device; the three before them went to host memory; older ones
+    # are only on disk
+    assert list(cache._device) == keys[-2:] and list(cache._store) == keys[-5:-2]
+    assert cache.moved_to_host == n - 2 and len(cache) == 5
+    assert (cache.device_bytes, cache.host_bytes, cache.memory_bytes) == (2 * one, 3 * one, 5 * one)
+    # the five newest are served from memory (device, then host), no disk read, no backbone pass
+    newest = ImageSet(data.samples[-5:], data.image_size)
+    assert torch.equal(cache.embeddings(MeanModel(), newest), reference[-5:])
+    assert cache.forward_images == n and cache.disk_hits == 0
+    # every entry is read back, the older ones from disk into host memory (in order, so a scan longer
+    # than host memory evicts the host entries before they are read); still no backbone pass
+    assert torch.equal(cache.embeddings(MeanModel(), data), reference)
+    assert cache.forward_images == n and cache.disk_hits == n - 2 and list(cache._device) == keys[-2:]
+    # without a bound nothing leaves the device; with 0 everything goes to host memory at once
+    free = AcceleratorCache()
+    free.embeddings(MeanModel(), data)
+    assert free.moved_to_host == 0 and free.device_bytes == n * one and free.host_bytes == 0
+    none = AcceleratorCache(max_device_mb=0)
+    assert torch.equal(none.embeddings(MeanModel(), data), reference)
+    assert none.device_bytes == 0 and none.host_bytes == n * one
+
+
+def test_cpu_features_skip_the_device_tier(tiny_stream):
+    cache = FeatureCache(max_device_mb=0)
+    cache.embeddings(MeanModel(), tiny_stream[0].test)
+    assert cache.device_bytes == 0 and cache.host_bytes == cache.memory_bytes > 0 and cache.moved_to_host == 0
 
 
 def test_cache_key_names_backbone_weights_layers_size_and_file(tiny_stream):

@@ -75,6 +75,7 @@ _PRECEDENCE = [
     ("image_size", 256, "64"), ("buffer_size", 7, "20"), ("buffer_policy", "task_balanced", "reservoir"),
     ("metrics", ["pro"], "image_auroc"), ("seed", 3, "0"), ("out", "/yaml/out", "results"),
     ("name", "yaml-name", "cli-name"), ("wandb", "online", "offline"), ("device", "cuda", "cpu"),
+    ("layout", "mvtec_scale", "default"),
 ]
 
 
@@ -97,6 +98,19 @@ def test_an_option_typed_on_the_command_line_beats_the_config_file(tmp_path, key
     _apply_config(args)
     value = ",".join(map(str, in_yaml)) if isinstance(in_yaml, list) else in_yaml
     assert str(getattr(args, key)) == str(value)
+
+
+def test_precision_typed_beats_the_files_model_params(tmp_path):
+    from cl_iad.cli import _apply_config, build_parser, given_options
+
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump({"model": {"name": "padim", "params": {"precision": "16-mixed"}}}))
+    for extra, expected in (([], "16-mixed"), (["--precision", "32"], "32"), (["--precision", "bf16-mixed"],
+                                                                              "bf16-mixed")):
+        argv = ["run", "--config", str(cfg), *extra]
+        args = build_parser().parse_args(argv)
+        args.given_ = given_options(argv)
+        assert _apply_config(args)["precision"] == expected
 
 
 @pytest.mark.parametrize("option,typed,attr", [("--model", "patchcore", "model"), ("--preset", "benchmark", "preset")])

@@ -68,3 +68,17 @@ def test_build_scenario_takes_a_subset_and_refuses_what_does_not_apply(tmp_path)
         build_scenario("mvtec", tmp_path, layout="mvtec_scale")
     with pytest.raises(ValueError, match="unknown synthetic layout"):
         build_scenario("synthetic", tmp_path, layout="visa_scale")
+
+
+def test_the_layout_reaches_the_stream_from_a_config_and_the_command_line(tmp_path):
+    from cl_iad.cli import build_parser, config_from_args, given_options
+    from cl_iad.config import Config
+
+    cfg = Config.from_dict({"data": {"dataset": "synthetic", "root": str(tmp_path), "categories": ["toothbrush"],
+                                     "image_size": 16, "layout": "mvtec_scale"}})
+    assert [len(t.train) for t in cfg.build_scenario()] == [60]  # MVTec AD's toothbrush/train/good
+    argv = ["run", "--dataset", "synthetic", "--root", str(tmp_path), "--categories", "toothbrush",
+            "--image-size", "16", "--layout", "mvtec_scale"]
+    args = build_parser().parse_args(argv)
+    args.given_ = given_options(argv)
+    assert config_from_args(args).data.layout == "mvtec_scale"

@@ -27,6 +27,18 @@ log = logging.getLogger(__name__)
 
 
 NORMALIZATIONS = ("backbone", "imagenet", "none")
+# backbone-pass precisions, named as Lightning names them (``Trainer(precision=...)``)
+PRECISIONS = {"32": None, "16-mixed": torch.float16, "bf16-mixed": torch.bfloat16}
+
+
+def check_precision(value) -> str:
+    """`value` as one of PRECISIONS' names (32 may be given as an int); ValueError naming the choices."""
+    text = str(value)
+    if text in ("32-true", "32"):
+        return "32"
+    if text not in PRECISIONS:
+        raise ValueError(f"unknown precision {value!r}; choose from {', '.join(PRECISIONS)}")
+    return text
 
 
 def _normalization_stats(name: str, spec) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -60,7 +72,9 @@ class FrozenFeatureModel(AnomalyModel):
         normalization: str = "backbone",
         device: str | torch.device | None = "auto",
         batch_size: int = 16,
+        precision: str = "32",
     ) -> None:
+        self.precision = check_precision(precision)
         self.backbone = backbone
         self.weights = weights
         spec = backbone_spec(backbone)
@@ -134,14 +148,15 @@ class FrozenFeatureModel(AnomalyModel):
         """Settings that define this model, for config.json and cache keys."""
         return {"model": self.name, "backbone": self.backbone, "weights": weights_tag(self.weights),
                 "layers": list(self.layers), "seed": self.seed, "normalization": self.normalization,
-                "device": str(self.device)}
+                "device": str(self.device), **({"precision": self.precision} if self.precision != "32" else {})}
 
     @property
     def feature_key(self) -> str:
         """Identifies the embeddings `extract` returns; equal keys mean reusable features."""
         c = self.config()
-        return (f"{self.name}|{c['backbone']}|{c['weights']}|{','.join(self.layers)}|seed{self.seed}"
-                f"|norm:{self.normalization}")
+        key = (f"{self.name}|{c['backbone']}|{c['weights']}|{','.join(self.layers)}|seed{self.seed}"
+               f"|norm:{self.normalization}")
+        return key if self.precision == "32" else f"{key}|{self.precision}"  # 32: the keys cached runs already hold
 
     # -- inference pieces ---------------------------------------------------------------
     def normalise(self, images: torch.Tensor) -> torch.Tensor:
@@ -152,6 +167,20 @@ class FrozenFeatureModel(AnomalyModel):
     def extract(self, images: torch.Tensor) -> torch.Tensor:
         """Embeddings (B, C, h, w) of images in [0, 1]; deterministic, frozen backbone."""
         raise NotImplementedError
+
+    @torch.no_grad()
+    def extract_features(self, images: torch.Tensor) -> torch.Tensor:
+        """`extract` at the model's precision; the embeddings come back in float32.
+
+        With ``precision="16-mixed"`` or ``"bf16-mixed"`` the backbone pass runs under
+        ``torch.autocast`` (Lightning's names for the same thing); everything after it (coreset,
+        k-NN, Gaussians, KDE) stays in float32, so only the features carry the rounding.
+        """
+        if self.precision == "32":
+            return self.extract(images)
+        with torch.autocast(self.device.type, dtype=PRECISIONS[self.precision]):
+            emb = self.extract(images)
+        return emb.float() if emb.is_floating_point() else emb
 
     def routing_features(self, embeddings: torch.Tensor) -> torch.Tensor:
         """One float vector (N, D) per image, for the task router of task-agnostic ``per_task``.

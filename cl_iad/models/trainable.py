@@ -96,6 +96,9 @@ class GradientModel(AnomalyModel):
                  layers: list[str] | None = None, epochs: int | None = None, lr: float | None = None,
                  batch_size: int = 8, seed: int = 0, device: str | torch.device | None = "auto", **hp: Any) -> None:
         unknown = sorted(set(hp) - set(self.hp_defaults))
+        if "precision" in unknown:
+            raise ValueError(f"precision applies to the backbone pass of frozen-feature models; {self.name} trains "
+                             "by gradient and runs in float32: drop --precision (or params.precision) for it")
         if unknown:
             raise ValueError(f"{self.name} has no hyper-parameter(s) {unknown}; "
                              f"choose from {sorted(self.hp_defaults) or 'none'} or the common ones "
