@@ -14,12 +14,12 @@ DOC = Path(__file__).resolve().parents[1] / "docs" / "contributing.md"
 
 @pytest.fixture
 def meanshift_module():
-    code = re.search(r"```python\n# cl_iad/models/meanshift.py\n(.*?)```", DOC.read_text(), re.S).group(1)
+    code = re.search(r"```python\n# cl_iad/models/meanshift.py\n(.*?)```", DOC.read_text(), re.DOTALL).group(1)
     module = types.ModuleType("cl_iad.models.meanshift")
     module.__package__ = "cl_iad.models"
     sys.modules[module.__name__] = module  # as if the file were in cl_iad/models/
     try:
-        exec(compile(code, str(DOC), "exec"), module.__dict__)
+        exec(compile(code, str(DOC), "exec"), module.__dict__)  # noqa: S102 (the docs example, run as written)
         yield module
     finally:
         del sys.modules[module.__name__]
