@@ -121,7 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--workers", type=int, default=1, help="local: runs in parallel (a bounded process pool)")
     sw.add_argument("--address", help="ray: address of an existing cluster (default: start a local one)")
     sw.add_argument("--num-cpus", type=float, help="ray: CPUs per run")
-    sw.add_argument("--num-gpus", type=float, help="ray: GPUs per run")
+    sw.add_argument("--num-gpus", type=float, help="ray: GPUs per run; Ray places each run on its own GPU(s) (1), or "
+                    "shares one between runs (0.5: two per GPU); sweep_status.csv records which")
     sw.add_argument("--wandb", choices=["off", "offline", "online"], help="override the config's wandb mode")
     sw.add_argument("--no-report", action="store_true", help="skip writing the report at the end")
     sw.add_argument("--max-retries", type=int, default=1,

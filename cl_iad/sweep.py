@@ -291,7 +291,8 @@ def execute_job(job: Job | dict, threads: int | None = None, wait: bool = False)
         run(strategy, scenario, **config.run_kwargs(), wandb_group=job.group,
             extra_config={"sweep": job.group, "strategy": job.strategy}, wait=wait)
         (run_dir / "error.txt").unlink(missing_ok=True)
-        return {"name": job.name, "status": "done", "seconds": time.perf_counter() - start, "error": ""}
+        return {"name": job.name, "status": "done", "seconds": time.perf_counter() - start, "error": "",
+                "gpus": os.environ.get("CUDA_VISIBLE_DEVICES", "")}
     except RunLocked as exc:  # the folder is another process's: write nothing into it
         log.warning("run %s not launched: %s holds it", job.name, exc.holder)
         return {"name": job.name, "status": "busy", "seconds": time.perf_counter() - start,
@@ -404,8 +405,11 @@ def _ray(jobs: list[Job], address: str | None, resources: dict, max_retries: int
     remote = ray.remote(max_retries=0, **opts)(execute_job)
     threads = max(1, int(opts["num_cpus"]))
     tries = _Attempts(max_retries)
-    pending = {remote.remote(asdict(job), threads, tries.start(job)): job for job in jobs}
     try:
+        # Ray places each run on `num_gpus` GPUs (a fraction shares one) and sets the worker's
+        # CUDA_VISIBLE_DEVICES to them, so a run's device "auto"/"cuda" is its own GPU
+        check_gpu_request(opts["num_gpus"], _largest_node_gpus(ray), autoscaling=bool(address))
+        pending = {remote.remote(asdict(job), threads, tries.start(job)): job for job in jobs}
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
             job = pending.pop(done[0])
@@ -423,6 +427,33 @@ def _ray(jobs: list[Job], address: str | None, resources: dict, max_retries: int
     finally:
         if started_here:
             ray.shutdown()
+
+
+def _largest_node_gpus(ray) -> float:
+    """The most GPUs one live node of the Ray cluster has (a run's GPUs must all be on one node)."""
+    return max((float(n["Resources"].get("GPU", 0)) for n in ray.nodes() if n.get("Alive")), default=0.0)
+
+
+def check_gpu_request(per_run: float, cluster_gpus: float, autoscaling: bool = False) -> None:
+    """Refuse a per-run GPU request no node can meet: Ray would keep such tasks pending forever.
+
+    On a cluster given by address (which may autoscale) it only warns.
+    """
+    from .errors import UserError
+
+    if per_run < 0:
+        raise UserError(f"--num-gpus {per_run:g}: a run cannot take a negative number of GPUs")
+    if per_run > 1 and per_run != int(per_run):
+        raise UserError(f"--num-gpus {per_run:g}: Ray takes a fraction of one GPU (0.5: two runs per GPU) or a "
+                        "whole number of GPUs per run, not a fraction above 1")
+    if per_run <= cluster_gpus:
+        return
+    msg = f"--num-gpus {per_run:g} per run, but no node of the Ray cluster has more than {cluster_gpus:g} GPU(s)"
+    if autoscaling:
+        log.warning("%s; the runs wait until the cluster has them", msg)
+        return
+    raise UserError(f"{msg}: every run would wait forever. Use --num-gpus {min(cluster_gpus, 1):g} or less (0.5 "
+                    "puts two runs on one GPU), or --executor local to run on the CPU")
 
 
 def _first_line(exc: BaseException, limit: int = 200) -> str:
@@ -488,7 +519,7 @@ def _log_summary_table(cfg: dict, out_dir: Path) -> None:
     run.finish()
 
 
-STATUS_COLUMNS = ("name", "status", "attempts", "seconds", "error", "notes")
+STATUS_COLUMNS = ("name", "status", "attempts", "seconds", "error", "notes", "gpus")
 
 
 def _append_status(path: Path, rec: dict) -> None:
@@ -501,7 +532,7 @@ def _append_status(path: Path, rec: dict) -> None:
         if header != STATUS_COLUMNS:
             from .results import atomic_write_text
 
-            rows = [{"attempts": 1, **{k: v for k, v in r.items() if k in STATUS_COLUMNS}} for r in old]
+            rows = [{"attempts": 1, "gpus": "", **{k: v for k, v in r.items() if k in STATUS_COLUMNS}} for r in old]
             atomic_write_text(path, _status_csv(rows, header=True))
     text = _status_csv([{**rec, "seconds": f"{rec['seconds']:.2f}"}], header=not path.exists())
     with path.open("a", newline="") as fh:

@@ -533,7 +533,7 @@ def test_sweep_retries_a_run_whose_worker_died_and_records_its_attempts(executor
     assert (rec["status"], rec["attempts"]) == ("done", 2), rec
     assert rec["notes"].startswith("attempt 1: its ") and "died" in rec["notes"], rec
     table = pd.read_csv(tmp_path / "sweep" / "sweep_status.csv")
-    assert list(table.columns) == ["name", "status", "attempts", "seconds", "error", "notes"]
+    assert list(table.columns) == ["name", "status", "attempts", "seconds", "error", "notes", "gpus"]
     assert table[["status", "attempts"]].values.tolist() == [["done", 2]]
     _assert_identical(tmp_path / "sweep" / job.name, _cells(tmp_path / "ref" / job.name))
 
@@ -560,6 +560,6 @@ def test_status_table_of_an_older_sweep_gains_the_attempts_column(tmp_path):
                           "notes": "attempt 1: its Ray worker died"})
     table = pd.read_csv(path, keep_default_na=False)
     assert table.to_dict("records") == [
-        {"name": "old", "status": "done", "attempts": 1, "seconds": 1.0, "error": "", "notes": ""},
+        {"name": "old", "status": "done", "attempts": 1, "seconds": 1.0, "error": "", "notes": "", "gpus": ""},
         {"name": "new", "status": "failed", "attempts": 2, "seconds": 2.0, "error": "x",
-         "notes": "attempt 1: its Ray worker died"}]
+         "notes": "attempt 1: its Ray worker died", "gpus": ""}]

@@ -80,14 +80,41 @@ def test_failed_run_is_recorded_and_sweep_goes_on(synthetic_root, tmp_path):
     assert set(table.status) == {"failed", "done"}
 
 
-def test_ray_executor_gives_identical_cells(local_sweep, synthetic_root, tmp_path):
-    pytest.importorskip("ray")
+def test_ray_executor_places_runs_on_gpus_and_gives_identical_cells(local_sweep, synthetic_root, tmp_path):
+    """Ray on this CPU machine, declared to have 2 GPUs: Ray's own placement assigns them (it sets each
+    worker's CUDA_VISIBLE_DEVICES); torch finds no CUDA driver, so the runs compute on the CPU."""
+    ray = pytest.importorskip("ray")
+    from cl_iad.errors import UserError
+
     out, _ = local_sweep
-    res = run_sweep(_cfg(synthetic_root), tmp_path, executor="ray", resources={"num_cpus": 1, "num_cpus_total": 2},
-                    progress=False)
+    ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        res = run_sweep(_cfg(synthetic_root), tmp_path, executor="ray", resources={"num_cpus": 1, "num_gpus": 1},
+                        progress=False)
+        with pytest.raises(UserError, match="--num-gpus 3 per run, but no node of the Ray cluster has more than 2"):
+            run_sweep(_cfg(synthetic_root, orders=["random:5"]), tmp_path / "too_many", executor="ray",
+                      resources={"num_gpus": 3}, progress=False)
+    finally:
+        ray.shutdown()
     assert all(r["status"] == "done" for r in res), res
+    assert all(r["gpus"] in ("0", "1") for r in res), res  # one whole GPU each
+    assert pd.read_csv(tmp_path / "sweep_status.csv", dtype=str)["gpus"].isin(["0", "1"]).all()
     for run_dir in out.glob("*/cells.csv"):
         pd.testing.assert_frame_equal(_cells(tmp_path / run_dir.parent.name), _cells(run_dir.parent))
+
+
+@pytest.mark.parametrize("per_run,gpus,ok", [(1, 1, True), (0.5, 1, True), (0.25, 0, False), (2, 1, False),
+                                             (2, 4, True), (1.5, 4, False), (0, 0, True)])
+def test_gpu_request_is_checked_against_the_largest_node(per_run, gpus, ok):
+    from cl_iad.errors import UserError
+    from cl_iad.sweep import check_gpu_request
+
+    if ok:
+        check_gpu_request(per_run, gpus)
+    else:
+        with pytest.raises(UserError, match="--num-gpus"):
+            check_gpu_request(per_run, gpus)
+    check_gpu_request(8, 1, autoscaling=True)  # a cluster given by address may grow: a warning only
 
 
 def test_report_tables_are_mean_and_std_over_orders(local_sweep):
