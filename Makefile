@@ -30,11 +30,19 @@ lock: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/cl-iad run --dataset synthetic --n-tasks 5 --model patchcore --strategy naive,replay --out results/demo
 
+# The suite runs in parallel with pytest-xdist, one worker per core (at most TEST_WORKERS_MAX); each
+# worker gets whole test files (--dist loadfile), so module-scoped fixtures are built once, and runs
+# torch on one thread (tests/conftest.py). Measured on 2 cores: 6 min against 16 min in one process.
+# TEST_WORKERS=0 runs everything in this process (e.g. to debug with pdb).
+TEST_WORKERS ?= auto
+TEST_WORKERS_MAX ?= 4
+XDIST = $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --maxprocesses $(TEST_WORKERS_MAX) --dist loadfile)
+
 test: $(STAMP)
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q $(XDIST) tests
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow" tests
+	$(BIN)/python -m pytest -q $(XDIST) -m "not slow" tests
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py
