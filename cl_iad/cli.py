@@ -264,7 +264,7 @@ def _read_config_file(path: Path) -> tuple[dict, dict, dict]:
     if not path.is_file():
         raise SystemExit(f"error: --config {path} does not exist")
     try:
-        cfg = yaml.safe_load(path.read_text()) or {}
+        cfg = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         raise ConfigError(f"--config {path} is not readable YAML: {' '.join(str(exc).split())[:200]}") from exc
     if not isinstance(cfg, dict):
@@ -420,12 +420,12 @@ def cmd_report(args) -> int:
                              "published values); add --layout seed")
         out = make_report(args.root, args.out)
         for table in sorted(out.glob("table_*.md")):
-            print(table.read_text())
+            print(table.read_text(encoding="utf-8"))
         print(f"report: {out / 'index.html'}")
         return 0
     out, tables = make_layout_report(args.root, layout, args.out, reference=args.reference)
     for table in tables:
-        print(table.read_text())
+        print(table.read_text(encoding="utf-8"))
     print(f"{layout} tables (CSV, Markdown, LaTeX): {out}")
     return 0
 

@@ -143,7 +143,7 @@ class Config:
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist")
         try:
-            data = yaml.safe_load(path.read_text())
+            data = yaml.safe_load(path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
             raise ConfigError(f"{path} is not readable YAML ({_first_line(exc)}); fix or rewrite it") from exc
         return cls.from_dict(data, source=path)

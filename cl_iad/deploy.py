@@ -173,7 +173,7 @@ def read_safetensors_state(directory: Path | str) -> dict:
             raise UserError(f"{path} is missing: a model saved as safetensors needs both {STATE_TENSORS} and "
                             f"{STATE_DATA}; {fix}")
     try:
-        data = json.loads(paths[1].read_text())
+        data = json.loads(paths[1].read_text(encoding="utf-8"))
         tensors = load_file(str(paths[0]), device="cpu")
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, SafetensorError) as exc:
         raise UserError(f"{directory}: the saved state cannot be read ({' '.join(str(exc).split())[:200]}); "
@@ -275,7 +275,7 @@ def _read_meta(directory: Path) -> dict:
         raise UserError(f"{directory} is not a saved model: {meta_path} is missing. Pass the 'model' folder "
                         "of a finished run (RUN_DIR/model) or one written by save_strategy()")
     try:
-        meta = json.loads(meta_path.read_text())
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise UserError(f"{meta_path} cannot be read ({exc}); copy the model folder again or re-run the "
                         "training that wrote it") from exc
@@ -357,7 +357,7 @@ def predict_images(loaded: LoadedModel, inputs: list[Path], task: str | None, ou
                         "anomalous_pixels": int((amap >= pix_th).sum()) if pix_th is not None else None})
         rows.append(row)
     csv_path = out / "predictions.csv"
-    with csv_path.open("w", newline="") as fh:
+    with csv_path.open("w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, fieldnames=["image", "task", "score", "threshold", "decision",
                                                 "anomalous_pixels", "anomaly_map", "overlay"])
         writer.writeheader()

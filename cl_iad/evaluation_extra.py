@@ -50,7 +50,7 @@ def _spec(run_dir: Path) -> dict | None:
     import yaml
 
     try:
-        spec = yaml.safe_load(path.read_text())
+        spec = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError):
         return None
     return spec if isinstance(spec, dict) else None
@@ -109,7 +109,7 @@ def stored_bytes(run_dir: Path | str) -> float:
     path = Path(run_dir) / "resources.csv"
     if not path.is_file():
         return float("nan")
-    with path.open(newline="") as fh:
+    with path.open(newline="", encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))
     if not rows:
         return float("nan")

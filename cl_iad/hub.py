@@ -109,8 +109,8 @@ def model_card(run_dir: Path | str, repo_id: str | None = None) -> str:
 
     hub = require("huggingface_hub", "hub", "writing a model card")
     run_dir = Path(run_dir)
-    settings = json.loads((run_dir / "config.json").read_text()).get("settings", {})
-    summary = json.loads((run_dir / "summary.json").read_text())
+    settings = json.loads((run_dir / "config.json").read_text(encoding="utf-8")).get("settings", {})
+    summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
     metrics = [m for m, s in summary.items() if isinstance(s, dict) and "acc" in s]
     name = (repo_id or run_dir.name).split("/")[-1]
     data = hub.ModelCardData(library_name=LIBRARY, tags=_tags(settings), model_name=name,
@@ -209,7 +209,7 @@ def _matrix_table(path: Path) -> list[str]:
 
     if not path.is_file():
         return []
-    with path.open(newline="") as fh:
+    with path.open(newline="", encoding="utf-8") as fh:
         rows = list(csv.reader(fh))
     if not rows:
         return []

@@ -181,7 +181,7 @@ def read_mixed(path: Path | str) -> dict[int, dict]:
     if not path.is_file():
         return {}
     out = {}
-    with path.open(newline="") as fh:
+    with path.open(newline="", encoding="utf-8") as fh:
         for rec in csv.DictReader(fh):
             row = {k: (v if k == "trained_task" else float(v) if v not in ("", "nan") else float("nan"))
                    for k, v in rec.items() if k in COLUMNS}

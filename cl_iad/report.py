@@ -61,8 +61,8 @@ def find_runs(root: Path | str) -> list[RunRecord]:
         cfg_path = d / "config.json"
         if not cfg_path.is_file():
             continue
-        settings = json.loads(cfg_path.read_text())["settings"]
-        summary = json.loads(summary_path.read_text())
+        settings = json.loads(cfg_path.read_text(encoding="utf-8"))["settings"]
+        summary = json.loads(summary_path.read_text(encoding="utf-8"))
         matrices = {m: pd.read_csv(d / f"matrix_{m}.csv", index_col=0) for m in summary
                     if (d / f"matrix_{m}.csv").is_file()}
         runs.append(RunRecord(d, "", str(settings.get("order", "?")), settings.get("dataset", "?"),
@@ -157,13 +157,13 @@ def _write_table(table: pd.DataFrame, stem: Path, caption: str, notes: Sequence[
     """`table` as STEM.csv, STEM.md and STEM.tex; `notes` go under the Markdown and LaTeX tables."""
     table.to_csv(stem.with_suffix(".csv"))
     md_notes = "".join(f"- {n}\n" for n in notes)
-    stem.with_suffix(".md").write_text(f"**{caption}**\n\n" + to_markdown(table) + "\n" + (f"\n{md_notes}" if notes else ""))
+    stem.with_suffix(".md").write_text(f"**{caption}**\n\n" + to_markdown(table) + "\n" + (f"\n{md_notes}" if notes else ""), encoding="utf-8")
     # the index as the first column: one header row instead of pandas' two
     latex = table.reset_index().to_latex(index=False, escape=True, caption=caption, label=f"tab:{stem.name}")
     if notes:
         tex_notes = "\n".join(r"\par\footnotesize " + _latex_escape(n) for n in notes)
         latex = latex.replace("\\end{table}", tex_notes + "\n\\end{table}")
-    stem.with_suffix(".tex").write_text(latex.replace("±", r"$\pm$"))
+    stem.with_suffix(".tex").write_text(latex.replace("±", r"$\pm$"), encoding="utf-8")
 
 
 _LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
@@ -327,7 +327,7 @@ def _write_html(path: Path, runs: list[RunRecord], sections, images: list[Path])
     parts.append("<h2>Plots</h2>")
     parts += [f"<img src='plots/{p.name}' alt='{p.stem}'>" for p in images]
     parts.append("</body></html>")
-    path.write_text("\n".join(parts))
+    path.write_text("\n".join(parts), encoding="utf-8")
 
 
 # ---- published layouts: `cl-iad report --layout seed | continual` ---------------------------------

@@ -65,7 +65,7 @@ COLUMNS = ("task", "task_name", "fit_s", "eval_s", "peak_rss_bytes", "peak_gpu_b
 def current_rss() -> int | None:
     """Resident set size of this process in bytes now, or None where it cannot be read."""
     try:
-        with open("/proc/self/statm") as f:
+        with open("/proc/self/statm", encoding="utf-8") as f:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError, IndexError, AttributeError):
         pass
@@ -243,7 +243,7 @@ def read_rows(run_dir: Path | str) -> dict[int, dict[str, Any]]:
     path = Path(run_dir) / FILENAME
     if not path.is_file():
         return {}
-    with path.open(newline="") as f:
+    with path.open(newline="", encoding="utf-8") as f:
         rows = [{k: v if k == "task_name" else _parse(v) for k, v in r.items()} for r in csv.DictReader(f)]
     return {int(r["task"]): r for r in rows}
 

@@ -47,7 +47,7 @@ class ResultStore:
         if not self.path.exists():
             return pd.DataFrame(columns=list(CELL_COLUMNS))
         rows = []
-        with self.path.open(newline="") as fh:
+        with self.path.open(newline="", encoding="utf-8") as fh:
             for row in csv.reader(fh):
                 if row == list(CELL_COLUMNS) or len(row) != len(CELL_COLUMNS):
                     continue
@@ -89,7 +89,7 @@ class ResultStore:
 @contextmanager
 def appending(path: Path, **open_kwargs) -> Iterator:
     """Open `path` to append, flush and fsync at the end; see :func:`whole_appends`."""
-    with whole_appends(path), Path(path).open("a", **open_kwargs) as fh:
+    with whole_appends(path), Path(path).open("a", **{"encoding": "utf-8", **open_kwargs}) as fh:
         yield fh
         fh.flush()
         os.fsync(fh.fileno())
@@ -257,7 +257,7 @@ def atomic_write_text(path: Path, text: str, what: str = "") -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     with disk_errors(what, file=path):
         try:
-            tmp.write_text(text)
+            tmp.write_text(text, encoding="utf-8")
             os.replace(tmp, path)
         except BaseException:
             tmp.unlink(missing_ok=True)
@@ -330,7 +330,7 @@ class RunLock:
         """Who holds the lock, from ``.lock.owner``, e.g. "pid 4242 on host node7, started 2025-01-31T09:12:03"."""
         for _ in range(20):  # the holder writes the file right after it locks: give it a moment
             try:
-                owner = json.loads(self.owner_path.read_text())
+                owner = json.loads(self.owner_path.read_text(encoding="utf-8"))
                 return f"pid {owner['pid']} on host {owner['host']}, started {owner['started']}"
             except (OSError, ValueError, KeyError, TypeError):
                 time.sleep(0.05)

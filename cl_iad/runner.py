@@ -137,7 +137,7 @@ def _prepare_run_dir(run_dir: Path, config: dict, overwrite: bool) -> None:
         raise RunConfigMismatch(f"{run_dir} holds results (cells.csv) but no config.json, so their settings are "
                                 "unknown; choose another --out/--name, or pass --overwrite to replace them")
     if cfg_path.exists() and not overwrite:
-        old = json.loads(cfg_path.read_text())
+        old = json.loads(cfg_path.read_text(encoding="utf-8"))
         if old.get("settings") != config["settings"]:
             raise RunConfigMismatch(
                 f"{run_dir} already holds results of different settings (see {cfg_path}); "

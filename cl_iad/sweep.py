@@ -184,7 +184,7 @@ def load_config(path: Path | str) -> dict:
     if not path.is_file():
         raise SweepConfigError(f"sweep config {path} not found; see experiments/configs/ for examples")
     try:
-        cfg = yaml.safe_load(path.read_text())
+        cfg = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         raise SweepConfigError(f"sweep config {path} is not valid YAML: {exc}") from exc
     if not isinstance(cfg, dict):
@@ -300,7 +300,7 @@ def execute_job(job: Job | dict, threads: int | None = None, wait: bool = False)
     except Exception as exc:  # noqa: BLE001 - a failed run is recorded and must not stop the sweep
         try:
             run_dir.mkdir(parents=True, exist_ok=True)
-            (run_dir / "error.txt").write_text(traceback.format_exc())
+            (run_dir / "error.txt").write_text(traceback.format_exc(), encoding="utf-8")
         except OSError:  # a full disk must not turn a recorded failure into a crash of the sweep
             pass
         log.error("run %s failed: %s", job.name, exc)
@@ -483,7 +483,7 @@ def run_sweep(cfg: dict, out_dir: Path | str, executor: str = "local", workers: 
     jobs = expand(cfg, out_dir)
     with disk_errors("the sweep's job list", out_dir / "sweep.json"):
         (out_dir / "sweep.json").write_text(json.dumps({"config": cfg, "jobs": [j.name for j in jobs]}, indent=2,
-                                                       default=str))
+                                                       default=str), encoding="utf-8")
     resources = {**(cfg.get("resources") or {}), **(resources or {})}
     stream = (_local(jobs, workers, max_retries) if executor == "local"
               else _ray(jobs, address, resources, max_retries))
@@ -525,7 +525,7 @@ STATUS_COLUMNS = ("name", "status", "attempts", "seconds", "error", "notes", "gp
 def _append_status(path: Path, rec: dict) -> None:
     """One row of sweep_status.csv; a table of an older version (fewer columns) is rewritten first."""
     if path.exists():
-        with path.open(newline="") as fh:
+        with path.open(newline="", encoding="utf-8") as fh:
             reader = csv.DictReader(fh)
             old = list(reader)
             header = tuple(reader.fieldnames or ())
@@ -535,7 +535,7 @@ def _append_status(path: Path, rec: dict) -> None:
             rows = [{"attempts": 1, "gpus": "", **{k: v for k, v in r.items() if k in STATUS_COLUMNS}} for r in old]
             atomic_write_text(path, _status_csv(rows, header=True))
     text = _status_csv([{**rec, "seconds": f"{rec['seconds']:.2f}"}], header=not path.exists())
-    with path.open("a", newline="") as fh:
+    with path.open("a", newline="", encoding="utf-8") as fh:
         fh.write(text)
 
 

@@ -150,7 +150,7 @@ def threshold_drift(history: dict[int, dict[int, dict]], kind: str = "image") ->
 # -- RUN_DIR/thresholds.jsonl ---------------------------------------------------------------
 def append_record(run_dir: Path, record: dict) -> None:
     """Add one record (one cell's thresholds) as a JSON line to ``run_dir/thresholds.jsonl``."""
-    with (Path(run_dir) / "thresholds.jsonl").open("a") as fh:
+    with (Path(run_dir) / "thresholds.jsonl").open("a", encoding="utf-8") as fh:
         fh.write(json.dumps(json_safe(record)) + "\n")
 
 
@@ -159,7 +159,7 @@ def load_thresholds(run_dir: Path | str) -> dict[int, dict[Any, dict]]:
     history: dict[int, dict] = {}
     path = Path(run_dir) / "thresholds.jsonl"
     if path.is_file():
-        lines = [line for line in path.read_text().splitlines() if line.strip()]
+        lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
         for n, line in enumerate(lines):
             try:
                 rec = json.loads(line)

@@ -117,7 +117,7 @@ def _final_thresholds(run_dir: Path) -> dict[str, float]:
     path = run_dir / "thresholds.jsonl"
     out: dict[str, float] = {}
     if path.is_file():
-        for line in path.read_text().splitlines():
+        for line in path.read_text(encoding="utf-8").splitlines():
             rec = json.loads(line)
             if "pixel" in rec and rec["trained_task"] == rec["eval_task"]:
                 out[rec["eval_task"]] = rec["pixel"]["value"]

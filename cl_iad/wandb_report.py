@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 def report_definition(root: Path | str, project: str, entity: str = "") -> dict:
     """A plain-data description of the report for the runs below `root`."""
     runs = find_runs(root)
-    groups = sorted({json.loads((r.run_dir / "config.json").read_text())["settings"].get("sweep", "") for r in runs})
+    groups = sorted({json.loads((r.run_dir / "config.json").read_text(encoding="utf-8"))["settings"].get("sweep", "") for r in runs})
     tasks: list[str] = []
     for r in runs:
         for m in r.matrices.values():
@@ -60,7 +60,7 @@ def wandb_report(root: Path | str, project: str = "cl_iad", entity: str = "", mo
     defn_path = root / "wandb_report.json"
     defn = report_definition(root, project, entity)
     online = (mode or ("online" if os.environ.get("WANDB_API_KEY") else "offline")) == "online"
-    defn_path.write_text(json.dumps(defn, indent=2))
+    defn_path.write_text(json.dumps(defn, indent=2), encoding="utf-8")
     if not online:
         return (f"W&B is offline: report definition written to {defn_path}.\nPublish it later, after "
                 f"'wandb sync' of the runs, with:\n  WANDB_API_KEY=... cl-iad wandb-report {root} --project {project}"

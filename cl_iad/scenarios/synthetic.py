@@ -325,12 +325,12 @@ def _write_plans(root: Path, plans: list[CategoryPlan], image_size: int, seed: i
     for plan in tqdm(plans, desc="generating", unit="category", disable=not progress, leave=False):
         marker = root / plan.name / ".cl_iad_synthetic"
         stamp = repr((plan, image_size, seed))
-        if marker.exists() and marker.read_text() == stamp:
+        if marker.exists() and marker.read_text(encoding="utf-8") == stamp:
             continue
         if (root / plan.name).exists():
             shutil.rmtree(root / plan.name)
         write_category(plan, root, image_size, seed, compress_level)
-        marker.write_text(stamp)
+        marker.write_text(stamp, encoding="utf-8")
         log.info("generated synthetic category %s under %s", plan.name, root)
     return root
 

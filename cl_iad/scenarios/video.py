@@ -194,7 +194,7 @@ def _ucsd_frame_ranges(test_dir: Path, category: str, clips: list[Path], spec) -
     path = test_dir / f"{category}.m"
     if not path.is_file():
         return {}
-    entries = re.findall(r"gt_frame\s*=\s*\[([^\]]*)\]", path.read_text(errors="replace"))
+    entries = re.findall(r"gt_frame\s*=\s*\[([^\]]*)\]", path.read_text(errors="replace", encoding="utf-8"))
     if len(entries) != len(clips):
         raise spec.error(f"{path} lists {len(entries)} gt_frame entries but {test_dir} holds {len(clips)} test "
                          "clips; each test clip needs one entry, in clip order.")
