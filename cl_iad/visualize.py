@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import json
+import logging
+import os
+import zipfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+log = logging.getLogger(__name__)
 
 
 def _colormap(values: np.ndarray) -> np.ndarray:
@@ -70,8 +75,15 @@ def save_examples(run_dir: Path, step: int, task_index: int, task_name: str, pat
     """Keep a few anomaly maps of one cell so `cl-iad show` can draw them without the model."""
     d = run_dir / "examples"
     d.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(d / f"step{step:03d}_task{task_index:03d}.npz", maps=maps.astype(np.float32),
-                        masks=masks.astype(bool), paths=np.array(paths), task=task_name)
+    path = d / f"step{step:03d}_task{task_index:03d}.npz"
+    tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp")
+    try:  # written whole, then renamed: a run killed mid-write leaves no half file for `cl-iad show`
+        with tmp.open("wb") as fh:
+            np.savez_compressed(fh, maps=maps.astype(np.float32), masks=masks.astype(bool), paths=np.array(paths),
+                                task=task_name)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def example_grid(run_dir: Path | str, out: Path | str | None = None, tile: int = 128) -> Path:
@@ -87,8 +99,15 @@ def example_grid(run_dir: Path | str, out: Path | str | None = None, tile: int =
     cells = {}
     for f in files:
         step, task = int(f.stem[4:7]), int(f.stem[-3:])
-        with np.load(f) as z:
-            cells[(step, task)] = (z["maps"][0].astype(np.float32), z["masks"][0], str(z["paths"][0]), str(z["task"]))
+        try:
+            with np.load(f) as z:
+                cells[(step, task)] = (z["maps"][0].astype(np.float32), z["masks"][0], str(z["paths"][0]),
+                                       str(z["task"]))
+        except (OSError, ValueError, KeyError, IndexError, EOFError, zipfile.BadZipFile) as exc:  # damaged, half-written
+            log.warning("example file %s is unreadable (%s); its tile is left blank", f, exc)
+    if not cells:
+        raise FileNotFoundError(f"every example file under {run_dir / 'examples'} is unreadable; run the tasks "
+                                "again to rewrite them")
     steps = sorted({s for s, _ in cells})
     tasks = sorted({t for _, t in cells})
     thresholds = _final_thresholds(run_dir)

@@ -77,6 +77,12 @@ def test_every_run_writes_thresholds_and_an_example_grid(tiny_stream, tmp_path, 
     assert (result.run_dir / "plots" / "examples_grid.png").stat().st_size > 5000
     out = tmp_path / "grid.png"
     assert main(["show", str(result.run_dir), "--out", str(out)]) == 0 and out.stat().st_size > 5000
+    # the examples are written whole (no temporary file left); a damaged one leaves its tile blank
+    examples = sorted((result.run_dir / "examples").iterdir())
+    assert examples and all(f.suffix == ".npz" for f in examples)
+    examples[0].write_bytes(examples[0].read_bytes()[:100])
+    assert main(["show", str(result.run_dir), "--out", str(tmp_path / "grid2.png")]) == 0
+    assert (tmp_path / "grid2.png").stat().st_size > 5000
 
 
 def test_a_torn_last_line_of_thresholds_jsonl_is_ignored(tmp_path):
