@@ -208,6 +208,10 @@ def lightning_module(name: str, ours, size: int):
                 stack.enter_context(mock.patch.object(namespace, attr, lambda *a, **k: copy.deepcopy(ours.module)))
             stack.enter_context(no_downloads())
             module = cls(**kwargs)
+    if name == "cfa":
+        # anomalib's get_scale only sizes the k-means of gamma_c > 1 (which ours refuses); its dry run
+        # looks up torchvision's layer names ("layer1"...), which a timm backbone's features lack
+        module.model.get_scale = lambda input_size: torch.Size(input_size)
     if name == "dsr":
         weights = Path(ours.hp["vq_weights"])
         module.prepare_pretrained_model = lambda: weights  # anomalib would download them
