@@ -347,6 +347,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--out", type=Path, default=REPO / "results" / "fidelity")
     parser.add_argument("--fresh", action="store_true",
                         help="start a new table (default: keep the rows of models not rerun, same data only)")
+    parser.add_argument("--merge", type=Path, nargs="+", metavar="DIR",
+                        help="run nothing: put the rows of other --out folders (runs split over processes or "
+                             "machines, same data) into this table; a model's row from a later folder wins")
     args = parser.parse_args(argv)
     setup_logging()
     logging.getLogger("bench").setLevel(logging.INFO)
@@ -361,6 +364,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     root = dataset(args.dataset, category, args.image_size, work_dir("fidelity_data"))
     data = {"dataset": args.dataset, "category": category, "image_size": args.image_size}
     rows = {} if args.fresh else _previous(args.out / "fidelity.csv", data)
+    if args.merge:
+        for folder in args.merge:
+            rows.update(_previous(folder / "fidelity.csv", data))
+        text = _write(rows, args.out, data)
+        print(text, flush=True)
+        return [rows[n] for n in FIDELITY if n in rows]
     for name in names:
         if name == "dsr" and not args.dsr_weights:
             rows[name] = {"model": name, **data, "verdict": "n/a (needs --dsr-weights)", "minutes": 0.0}
