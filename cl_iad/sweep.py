@@ -194,7 +194,7 @@ def load_config(path: Path | str) -> dict:
 
 
 DATASET_KEYS = ("dataset", "root", "categories", "n_tasks", "image_size", "group", "n_train", "n_test_good",
-                "n_test_per_defect", "skip_bad")
+                "n_test_per_defect", "skip_bad", "layout")
 
 
 def expand(cfg: dict, out_dir: Path | str) -> list[Job]:

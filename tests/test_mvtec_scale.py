@@ -82,3 +82,12 @@ def test_the_layout_reaches_the_stream_from_a_config_and_the_command_line(tmp_pa
     args = build_parser().parse_args(argv)
     args.given_ = given_options(argv)
     assert config_from_args(args).data.layout == "mvtec_scale"
+
+
+def test_a_sweep_config_takes_the_layout(tmp_path):
+    from cl_iad.sweep import expand
+
+    cfg = {"name": "scale", "dataset": "synthetic", "layout": "mvtec_scale", "categories": ["toothbrush"],
+           "image_size": 16, "models": ["padim"], "strategies": ["naive"], "orders": ["alphabetical"]}
+    (job,) = expand(cfg, tmp_path)
+    assert job.config["data"]["layout"] == "mvtec_scale"
