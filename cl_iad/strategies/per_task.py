@@ -13,12 +13,11 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-import numpy as np
 import torch
 
 from ..models.base import Predictions
 from .plugin import RegimePlugin
-from .router import FeatureStatsRouter, scatter_predictions
+from .router import FeatureStatsRouter, predict_routed
 
 
 class PerTask(RegimePlugin):
@@ -82,12 +81,7 @@ class PerTask(RegimePlugin):
         """
         emb = model.embed(data)
         routed = self.router_.route(model.routing_features(emb)).cpu()
-        parts: list[tuple[np.ndarray, Predictions]] = []
-        for tid in routed.unique().tolist():
-            idx = (routed == tid).nonzero().flatten()
-            model.load_state_dict(self.task_states_[tid])
-            parts.append((idx.numpy(), model.predict_features(emb[idx.to(emb.device)], data.image_size)))
-        return scatter_predictions(parts, len(emb), routed.numpy())
+        return predict_routed(model, emb, routed, self.task_states_, data.image_size)
 
     def state_dict(self) -> dict:
         return {"task_states": {int(k): v for k, v in self.task_states_.items()}, "initial": self.initial_,

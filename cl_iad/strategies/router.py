@@ -108,3 +108,18 @@ def scatter_predictions(parts: list[tuple[np.ndarray, Predictions]], n: int, rou
         if maps is not None:
             maps[idx] = p.anomaly_map
     return Predictions(scores, maps, routed)
+
+
+@torch.no_grad()
+def predict_routed(model, emb: torch.Tensor, routed: torch.Tensor, task_states: dict, image_size: int) -> Predictions:
+    """Predictions of each image by the fitted state of the task it was routed to (`routed`, on the CPU).
+
+    One ``load_state_dict`` per routed task, then :func:`scatter_predictions`; used by every regime that
+    keeps one fitted state per task and picks one per image (per_task without the task id, UCAD).
+    """
+    parts: list[tuple[np.ndarray, Predictions]] = []
+    for tid in routed.unique().tolist():
+        idx = (routed == tid).nonzero().flatten()
+        model.load_state_dict(task_states[tid])
+        parts.append((idx.numpy(), model.predict_features(emb[idx.to(emb.device)], image_size)))
+    return scatter_predictions(parts, len(emb), routed.numpy())

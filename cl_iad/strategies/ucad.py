@@ -27,14 +27,12 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-import numpy as np
 import torch
 
-from ..models.base import Predictions
 from ..models.ops.coreset import greedy_coreset_indices
 from ..models.ops.knn import nearest_neighbors
 from .plugin import RegimePlugin
-from .router import scatter_predictions
+from .router import predict_routed
 
 
 def patch_vectors(model, embeddings: torch.Tensor) -> torch.Tensor:
@@ -113,12 +111,7 @@ class UCAD(RegimePlugin):
         model = strategy.model
         emb = model.embed(data)
         routed = self.route(model, emb)
-        parts: list[tuple[np.ndarray, Predictions]] = []
-        for tid in routed.unique().tolist():
-            idx = (routed == tid).nonzero().flatten()
-            model.load_state_dict(self.task_states_[tid])
-            parts.append((idx.numpy(), model.predict_features(emb[idx.to(emb.device)], data.image_size)))
-        return scatter_predictions(parts, len(emb), routed.numpy())
+        return predict_routed(model, emb, routed, self.task_states_, data.image_size)
 
     def state_dict(self) -> dict:
         return {"task_states": {int(k): v for k, v in self.task_states_.items()},
