@@ -123,7 +123,8 @@ def stored_bytes(run_dir: Path | str) -> float:
     return total
 
 
-def _final(run: Any, metric: str) -> float:
+def final_value(run: Any, metric: str) -> float:
+    """Mean of the last matrix row (ACC) of `metric`; NaN when the run has no such output."""
     R = run.matrices.get(metric)
     if R is None:
         return float("nan")
@@ -162,7 +163,7 @@ def _fmt_bytes(values: list[float]) -> str:
 def method_values(run: Any, gaps: dict[str, float] | None = None) -> dict[str, float]:
     """One run's row of :func:`methods_table`, as numbers."""
     mixed = final_mixed(run.run_dir) or {}
-    out = {f"final {m}": _final(run, m) for m in METHOD_METRICS}
+    out = {f"final {m}": final_value(run, m) for m in METHOD_METRICS}
     out["FM image (Chaudhry)"] = _fm(run, "image_auroc", "chaudhry")
     out["FM image (IM-IAD)"] = _fm(run, "image_auroc", "im-iad")
     out["joint gap image"] = (gaps or {}).get("image_auroc", float("nan"))

@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import UserError
+from .evaluation_extra import final_value
 
 log = logging.getLogger(__name__)
 
@@ -396,15 +397,6 @@ def _model_rank(model: str) -> tuple[int, str]:
     return (names.index(model) if model in names else len(names), model)
 
 
-def _final_value(run: RunRecord, metric: str) -> float:
-    """Mean of the last matrix row (ACC) of `metric`; NaN when the run has no such output."""
-    R = run.matrices.get(metric)
-    if R is None:
-        return float("nan")
-    last = R.iloc[-1].to_numpy(dtype=float)
-    return float(np.nanmean(last)) if np.isfinite(last).any() else float("nan")
-
-
 def seed_runs(runs: list[RunRecord]) -> list[RunRecord]:
     """The 1-task runs of one category each (the single-task table's cells), labelled among themselves."""
     single = [r for r in runs if _n_tasks(r) == 1 and "+" not in str((r.settings.get("tasks") or ["+"])[0])]
@@ -431,7 +423,7 @@ def seed_long_table(runs: list[RunRecord], metrics: tuple[str, ...] = TABLE_METR
         model, row = r.settings.get("model", "?"), _display_name(r)
         info[row] = (model, _published_name(model), r.settings.get("preset"))
         for metric in metrics:
-            cells.setdefault((row, str(r.settings["tasks"][0]), metric), []).append(_final_value(r, metric))
+            cells.setdefault((row, str(r.settings["tasks"][0]), metric), []).append(final_value(r, metric))
     rows = []
     for (row, category, metric), values in cells.items():
         finite = [v for v in values if np.isfinite(v)]
@@ -560,8 +552,8 @@ def continual_table(runs: list[RunRecord], metrics: tuple[str, ...] = TABLE_METR
             _model_rank(kv[1][0].settings.get("model", "?")), kv[0][0], _protocol_rank(kv[0][1]), kv[0][2])):
         s, name = group[0].settings, _display_name(group[0])
         source, ref = _continual_reference(s, protocol)
-        finals = {m: float(np.nanmean([_final_value(r, m) for r in group])) if any(
-            np.isfinite(_final_value(r, m)) for r in group) else float("nan") for m in metrics}
+        per_run = {m: np.array([final_value(r, m) for r in group]) for m in metrics}
+        finals = {m: float(np.nanmean(v)) if np.isfinite(v).any() else float("nan") for m, v in per_run.items()}
         regime = str(s.get("regime", "?")) + (" (task-aware)" if group[0].task_aware else "")
         if group[0].task_aware:
             aware.add(f"{name} {regime}")
