@@ -186,8 +186,9 @@ class FeatureCache:
             return
         size = tensor.numel() * tensor.element_size()
         limit = self.max_device_bytes
-        if not self._on_device(tensor) or (limit is not None and size > limit):
-            self._remember_host(key, tensor if not self._on_device(tensor) else self._to_host(tensor))
+        on_device = self._on_device(tensor)
+        if not on_device or (limit is not None and size > limit):
+            self._remember_host(key, self._to_host(tensor) if on_device else tensor)
             return
         self._device[key] = tensor
         self._device_bytes += size
