@@ -143,10 +143,11 @@ def run_ours(name: str, args: dict, root: Path, category: str, size: int, out: P
 
     scenario = from_folder(root, [category], image_size=size, dataset="fidelity")
     seed = args.get("seed", 0)
-    result = run(Strategy(build(name, args), "naive", seed=seed), scenario, out / "cl_iad", name=f"{name}-seed{seed}",
-                 metrics=list(METRICS),
+    strategy = Strategy(build(name, args), "naive", seed=seed)
+    result = run(strategy, scenario, out / "cl_iad", name=f"{name}-seed{seed}", metrics=list(METRICS),
                  wandb="off", progress=False, overwrite=True, checkpoint=False, save_model=False)
-    return {m: float(result.matrices[m].to_numpy()[0, 0]) for m in METRICS}
+    metrics = {m: float(result.matrices[m].to_numpy()[0, 0]) for m in METRICS}
+    return {**metrics, "losses": list(getattr(strategy.model, "losses_", {}).get(0, []))}
 
 
 def _pre_processor(model, name: str, size: int):
@@ -218,8 +219,109 @@ def lightning_module(name: str, ours, size: int):
     return module
 
 
-def run_anomalib(name: str, args: dict, root: Path, category: str, size: int, out: Path) -> dict[str, float]:
-    """Metrics of anomalib's Engine fit + predict on the same folder, scored by cl_iad's metrics."""
+def _our_batches(datamodule, ours, root: Path, category: str, size: int) -> None:
+    """Make `datamodule` hand Lightning the training batches our ``fit`` draws, in the same order.
+
+    The training images are our 1-task stream's (cl_iad's loader). Their order is replayed from a
+    loader built as ``GradientModel.fit`` builds it (shuffled by a generator seeded with
+    seed * 1000 + task 0, iterated once per epoch), and Lightning's loader draws batches from that
+    replay. A plain seeded loader would not do: Lightning calls ``iter()`` on it an extra time
+    while setting up, which moves its generator, so from the second epoch on its order differs.
+    The first ``train_dataloader()`` call (Lightning's, for training) gets the replay; later calls
+    (CFA's centroid pass, DSR's length) get the images in file order, as our ``begin_task`` reads them.
+    """
+    import itertools
+
+    from anomalib.data import ImageBatch
+    from torch.utils.data import DataLoader, Sampler
+
+    from cl_iad.scenarios import from_folder
+
+    train = from_folder(root, [category], image_size=size, dataset="fidelity")[0].train
+    seed = ours.seed * 1000
+    train, _ = ours.held_out_split(train, seed)
+    order = DataLoader(range(len(train)), batch_size=ours.batch_size, shuffle=True,
+                       generator=torch.Generator().manual_seed(seed))
+    epochs = [[b.tolist() for b in order] for _ in range(ours.epochs)]
+
+    class Replay(Sampler):
+        """Each pass yields the next epoch's batches, drawn lazily (an unused ``iter()`` takes none)."""
+
+        def __init__(self) -> None:
+            self.stream = itertools.chain.from_iterable(epochs)
+
+        def __len__(self) -> int:
+            return len(epochs[0])
+
+        def __iter__(self):
+            for _ in range(len(self)):
+                yield next(self.stream)
+
+    def collate(items: list[dict]):
+        return ImageBatch(image=torch.stack([i["image"] for i in items]),
+                          gt_label=torch.tensor([i["gt_label"] for i in items]))
+
+    calls = []
+
+    def train_dataloader() -> DataLoader:
+        calls.append(1)
+        if len(calls) == 1:
+            # its own generator: each iter() draws a base seed, which must not move the global one
+            return DataLoader(train, batch_sampler=Replay(), collate_fn=collate, generator=torch.Generator())
+        return DataLoader(train, batch_size=ours.batch_size, shuffle=False, collate_fn=collate)
+
+    datamodule.train_dataloader = train_dataloader
+
+
+class _Steps:
+    """A Lightning callback: seed the global generator at the start of training as our ``fit``
+    does (seed * 1000 + task 0), and record each training step's loss."""
+
+    def __new__(cls, seed: int | None):
+        from lightning.pytorch import Callback
+
+        class Steps(Callback):
+            def __init__(self) -> None:
+                self.losses: list[float] = []
+
+            def on_train_start(self, trainer, pl_module) -> None:
+                if seed is not None:
+                    torch.manual_seed(seed * 1000)
+
+            def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+                if isinstance(outputs, dict):
+                    loss = outputs.get("loss", outputs.get("generator_loss"))
+                    if loss is not None:
+                        self.losses.append(float(loss))
+
+        return Steps()
+
+
+def _same_solarize(ours, module) -> None:
+    """anomalib's PerlinAnomalyGenerator draws its RandomSolarize threshold once, when built, from
+    whatever state the global generator is in: give anomalib's (DRAEM, DSR) the threshold of ours,
+    as both sides share the initial weights. Otherwise every run has a different anomaly simulator."""
+    from torchvision.transforms import v2
+
+    pairs = {"draem": ("_augmenter", "augmenter"), "dsr": ("_perlin", "perlin_generator")}
+    if ours.name not in pairs:
+        return
+    mine, theirs = (getattr(o, a) for o, a in zip((ours, module), pairs[ours.name], strict=True))
+    found = [[t for t in g.augmenters.transforms if isinstance(t, v2.RandomSolarize)] for g in (mine, theirs)]
+    if not (len(found[0]) == len(found[1]) == 1):
+        raise RuntimeError(f"{ours.name}: expected one RandomSolarize on each side, found {[len(f) for f in found]}")
+    found[1][0].threshold = found[0][0].threshold
+
+
+def run_anomalib(name: str, args: dict, root: Path, category: str, size: int, out: Path,
+                 same_batches: bool = False) -> dict[str, float]:
+    """Metrics of anomalib's Engine fit + predict on the same folder, scored by cl_iad's metrics.
+
+    With `same_batches` (gradient-trained models), Lightning trains on our stream's images in our
+    ``fit``'s batch order, with the global generator seeded as ours at the start of training, so
+    the two runs differ only in what each side's training code computes. Returns the per-step
+    losses too (``losses``).
+    """
     from anomalib.callbacks.checkpoint import ModelCheckpoint
     from anomalib.data import MVTecAD
     from anomalib.engine import Engine
@@ -236,9 +338,12 @@ def run_anomalib(name: str, args: dict, root: Path, category: str, size: int, ou
     batch = getattr(ours, "batch_size", 16)
     datamodule = MVTecAD(root=root, category=category, train_batch_size=batch, eval_batch_size=batch, num_workers=0)
     epochs = getattr(ours, "epochs", 1)
+    _same_solarize(ours, module)
+    steps = _Steps(ours.seed if same_batches and name not in FROZEN else None)
     engine = Engine(default_root_dir=out / "anomalib", logger=False, accelerator="cpu", devices=1, max_epochs=epochs,
                     enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
-                    callbacks=[ModelCheckpoint(dirpath=out / "anomalib" / "ckpt", save_top_k=0, save_last=False)])
+                    callbacks=[ModelCheckpoint(dirpath=out / "anomalib" / "ckpt", save_top_k=0, save_last=False),
+                               steps])
     seed_everything(ours.seed, workers=True)
     if name in FROZEN:
         # Same randomness as ours: the images in file order (our feature cache's order) and the
@@ -258,6 +363,8 @@ def run_anomalib(name: str, args: dict, root: Path, category: str, size: int, ou
                            collate_fn=datamodule.train_data.collate_fn)
         engine.fit(model=module, train_dataloaders=train)
     else:
+        if same_batches:
+            _our_batches(datamodule, ours, root, category, size)
         engine.fit(model=module, datamodule=datamodule)
     datamodule.setup()
     batches = engine.predict(model=module, dataloaders=datamodule.test_dataloader(), return_predictions=True)
@@ -268,7 +375,7 @@ def run_anomalib(name: str, args: dict, root: Path, category: str, size: int, ou
     labels = torch.cat([b.gt_label.reshape(-1) for b in batches]).numpy().astype(np.int64)
     masks = torch.cat([b.gt_mask.reshape(-1, size, size) for b in batches]).numpy().astype(bool)
     pred = Predictions(scores.astype(np.float64), maps)
-    return {m: float(METRIC_FUNCTIONS[m](pred, labels, masks)) for m in METRICS}
+    return {**{m: float(METRIC_FUNCTIONS[m](pred, labels, masks)) for m in METRICS}, "losses": steps.losses}
 
 
 # -- the table ---------------------------------------------------------------------------------
@@ -284,17 +391,26 @@ def _text(v, fmt: str = "{}") -> str:
     return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else fmt.format(v)
 
 
+def _diff(row: dict, m: str) -> str:
+    """The difference, with the standard error over paired seeds where there are several."""
+    d, se = _fmt(row.get(f"{m}_diff")), row.get(f"{m}_diff_se")
+    return d if se is None or (isinstance(se, float) and math.isnan(se)) else f"{d} ± {se:.3f}"
+
+
 def table(rows: list[dict]) -> str:
     """Markdown: per model, each metric for cl_iad, anomalib and their difference, and the verdict."""
-    head = ["model", "epochs"] + [f"{m} {side}" for m in METRICS for side in ("cl_iad", "anomalib", "diff")] + \
-        ["within 0.02", "seeds", "image_auroc range cl_iad", "image_auroc range anomalib", "minutes"]
+    head = ["model", "epochs", "batches"] + \
+        [f"{m} {side}" for m in METRICS for side in ("cl_iad", "anomalib", "diff")] + \
+        ["within 0.02", "seeds", "image_auroc range cl_iad", "image_auroc range anomalib",
+         "training loss, relative difference", "minutes"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        cells = [r["model"], _text(r.get("epochs"), "{:.0f}")]
+        cells = [r["model"], _text(r.get("epochs"), "{:.0f}"), _text(r.get("batches"))]
         for m in METRICS:
-            cells += [_fmt(r.get(f"{m}_cl_iad")), _fmt(r.get(f"{m}_anomalib")), _fmt(r.get(f"{m}_diff"))]
+            cells += [_fmt(r.get(f"{m}_cl_iad")), _fmt(r.get(f"{m}_anomalib")), _diff(r, m)]
         cells += [_text(r.get("verdict")), _text(r.get("seeds"), "{:.0f}"), _text(r.get("image_auroc_range_cl_iad")),
-                  _text(r.get("image_auroc_range_anomalib")), _text(r.get("minutes"), "{:.1f}")]
+                  _text(r.get("image_auroc_range_anomalib")), _text(r.get("loss_curves")),
+                  _text(r.get("minutes"), "{:.1f}")]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -308,29 +424,53 @@ def verdict(row: dict) -> str:
 
 
 def one_model(name: str, args: dict, root: Path, category: str, size: int, out: Path, note: str | None,
-              seeds: int = 1) -> dict:
+              seeds: int = 1, same_batches: bool = False) -> dict:
     """One table row: each metric's mean over seeds 0..`seeds`-1 for both sides, and their difference.
 
-    With several seeds the row also gives each side's image-AUROC range: a difference inside
-    both ranges is seed noise (batch order, coreset start), not a different model.
+    With several seeds the row also gives each side's image-AUROC range and, per metric, the
+    standard error of the mean difference over seeds (both sides run each seed from the same
+    initial weights, so the differences are paired): a difference of a few standard errors is seed
+    noise (batch order, coreset start), not a different model. With `same_batches` the row also
+    compares the two sides' per-step training losses.
     """
-    row: dict = {"model": name, "epochs": args.get("epochs", 1), "seeds": seeds}
+    row: dict = {"model": name, "epochs": args.get("epochs", 1), "seeds": seeds,
+                 "batches": "same" if same_batches and name not in FROZEN else "each side's own"}
     start = time.perf_counter()
     ours = [run_ours(name, {**args, "seed": s}, root, category, size, out / name) for s in range(seeds)]
-    theirs = [] if note else [run_anomalib(name, {**args, "seed": s}, root, category, size, out / name)
+    theirs = [] if note else [run_anomalib(name, {**args, "seed": s}, root, category, size, out / name, same_batches)
                               for s in range(seeds)]
     for m in METRICS:
         row[f"{m}_cl_iad"] = float(np.mean([o[m] for o in ours]))
         row[f"{m}_anomalib"] = float(np.mean([t[m] for t in theirs])) if theirs else float("nan")
         row[f"{m}_diff"] = row[f"{m}_cl_iad"] - row[f"{m}_anomalib"]
+        row[f"{m}_per_seed_cl_iad"] = ";".join(f"{o[m]:.4f}" for o in ours)
+        row[f"{m}_per_seed_anomalib"] = ";".join(f"{t[m]:.4f}" for t in theirs)
+        if seeds > 1 and theirs:
+            paired = np.array([o[m] - t[m] for o, t in zip(ours, theirs, strict=True)])
+            row[f"{m}_diff_se"] = float(paired.std(ddof=1) / math.sqrt(len(paired)))
     if seeds > 1:
         for side, results in (("cl_iad", ours), ("anomalib", theirs)):
             aurocs = [r["image_auroc"] for r in results]
             row[f"image_auroc_range_{side}"] = f"{min(aurocs):.3f}-{max(aurocs):.3f}" if aurocs else None
+    if theirs and all(o["losses"] for o in ours):
+        row["loss_curves"] = loss_agreement([o["losses"] for o in ours], [t["losses"] for t in theirs])
     row["verdict"] = note or verdict(row)
     row["minutes"] = (time.perf_counter() - start) / 60
     log.info("%s: %s", name, {k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()})
     return row
+
+
+def loss_agreement(ours: list[list[float]], theirs: list[list[float]]) -> str:
+    """How closely the two sides' per-step training losses agree over all seeds: the largest
+    difference relative to our loss at the first step and over all steps (or the step counts,
+    where they differ)."""
+    first, worst, steps = 0.0, 0.0, 0
+    for a, b in zip(ours, theirs, strict=True):
+        if len(a) != len(b):
+            return f"{len(a)} vs {len(b)} steps"
+        rel = np.abs(np.array(a) - np.array(b)) / np.maximum(np.abs(np.array(a)), 1e-12)
+        first, worst, steps = max(first, float(rel[0])), max(worst, float(rel.max())), steps + len(a)
+    return f"step 1: {first:.1e}; all {steps} steps: {worst:.1e}"
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -343,6 +483,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--dsr-weights", default=None, help="DSR's VQ-VAE weights file (without it DSR is n/a)")
     parser.add_argument("--seeds", type=int, default=1,
                         help="run both sides with seeds 0..N-1: means, and each side's image AUROC range")
+    parser.add_argument("--same-batches", action="store_true",
+                        help="gradient-trained models: anomalib's Lightning loop trains on our batches in our order, "
+                             "with the global generator seeded as ours (table: fidelity_same_batches.*)")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--out", type=Path, default=REPO / "results" / "fidelity")
     parser.add_argument("--fresh", action="store_true",
@@ -363,11 +506,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     args.out.mkdir(parents=True, exist_ok=True)
     root = dataset(args.dataset, category, args.image_size, work_dir("fidelity_data"))
     data = {"dataset": args.dataset, "category": category, "image_size": args.image_size}
-    rows = {} if args.fresh else _previous(args.out / "fidelity.csv", data)
+    stem = "fidelity_same_batches" if args.same_batches else "fidelity"
+    rows = {} if args.fresh else _previous(args.out / f"{stem}.csv", data)
     if args.merge:
         for folder in args.merge:
-            rows.update(_previous(folder / "fidelity.csv", data))
-        text = _write(rows, args.out, data)
+            rows.update(_previous(folder / f"{stem}.csv", data))
+        text = _write(rows, args.out, data, stem)
         print(text, flush=True)
         return [rows[n] for n in FIDELITY if n in rows]
     for name in names:
@@ -376,10 +520,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
             continue
         note = "n/a (no anomalib 2 model)" if ANOMALIB_CLASS[name] is None else None
         row = one_model(name, setting(name, args.epochs_scale, args.dsr_weights), root, category, args.image_size,
-                        work_dir("fidelity_runs"), note, args.seeds)
+                        work_dir("fidelity_runs"), note, args.seeds, args.same_batches)
         rows[name] = {**row, **data, "epochs_scale": args.epochs_scale}
-        _write(rows, args.out, data)
-    text = _write(rows, args.out, data)
+        _write(rows, args.out, data, stem)
+    text = _write(rows, args.out, data, stem)
     print(text, flush=True)
     return [rows[n] for n in FIDELITY if n in rows]
 
@@ -396,7 +540,7 @@ def _previous(csv: Path, data: dict) -> dict[str, dict]:
     return {r["model"]: r for r in old[same].to_dict("records")}
 
 
-def _write(rows: dict[str, dict], out: Path, data: dict) -> str:
+def _write(rows: dict[str, dict], out: Path, data: dict, stem: str = "fidelity") -> str:
     """The 15-row table (models not run yet: "not run") as Markdown and CSV under `out`."""
     import pandas as pd
 
@@ -404,8 +548,8 @@ def _write(rows: dict[str, dict], out: Path, data: dict) -> str:
     header = (f"Fidelity at {data['image_size']} px on {data['dataset']}/{data['category']} "
               f"(diff = cl_iad - anomalib; goal |diff| <= {GOAL}; epochs as run, see the epochs column)")
     text = header + "\n\n" + table(ordered) + "\n"
-    pd.DataFrame([rows[n] for n in FIDELITY if n in rows]).to_csv(out / "fidelity.csv", index=False)
-    (out / "fidelity.md").write_text(text)
+    pd.DataFrame([rows[n] for n in FIDELITY if n in rows]).to_csv(out / f"{stem}.csv", index=False)
+    (out / f"{stem}.md").write_text(text, encoding="utf-8")
     return text
 
 
