@@ -24,12 +24,22 @@ Randomness: frozen-feature models see the training images in file order, with th
 generators seeded as ours seeds them right before anomalib's ``fit``, so PatchCore's coreset is
 the same on both sides. Gradient-trained models keep anomalib's shuffled loader and seeding, so
 their difference also holds batch-order noise; ``--seeds N`` runs both sides with seeds 0..N-1,
-compares the means and prints each side's image-AUROC range, the scale on which to read a difference.
+compares the means and prints each side's image-AUROC range and the standard error of the paired
+differences, the scale on which to read a difference.
+
+``--same-batches`` takes the noise out for gradient-trained models: Lightning trains anomalib's
+module on our stream's images in the batch order our ``fit`` draws, with the global generator
+(DRAEM's and DSR's simulated anomalies, flows' noise) seeded as ours at the start of training, and
+DRAEM's and DSR's Perlin generators share our solarize threshold. What is left to differ is what each
+side computes; the row also compares the per-step training losses. Its table is
+``fidelity_same_batches.{csv,md}``. (Images: ``tests/test_parity_data.py`` pins our reader against
+anomalib's ``MVTecAD``; at the photo set's own 128 px they are the same tensors.)
 
 Goal: |cl_iad - anomalib| <= 0.02 for image AUROC, pixel AUROC and PRO, per model.
 
     python benchmarks/bench_fidelity.py --models patchcore,padim,dfm,dfkde,rkde,stfpm,fastflow --seeds 2
     python benchmarks/bench_fidelity.py --epochs-scale 0.25          # all 15, shorter training
+    python benchmarks/bench_fidelity.py --models stfpm,draem --same-batches
 
 Writes ``results/fidelity/fidelity.csv`` and ``fidelity.md`` (the 15-row table printed at the end).
 Rows of earlier runs on the same data are kept, so the models can be run in several sittings (a

@@ -58,8 +58,9 @@ def main(argv: list[str] | None = None) -> dict:
     if not (root / "tissue" / "train").is_dir():
         subprocess.run([sys.executable, str(PHOTO_TOOL), str(root), "--size", str(args.native)], check=True)
     figures: dict = {"native": args.native, "image_size": args.image_size}
-    lines = ["| category | mask pixels that differ | pixel_auroc ours | pixel_auroc anomalib's masks | diff | "
-             "pro ours | pro anomalib's masks | diff |", "|---|---|---|---|---|---|---|---|"]
+    head = ("| category | mask pixels that differ | pixel_auroc ours | pixel_auroc anomalib's masks | diff | "
+            "pro ours | pro anomalib's masks | diff |")
+    lines = [head, "|---|---|---|---|---|---|---|---|"]
     for task in from_folder(root, image_size=args.image_size, dataset="photo"):
         model = build_model("patchcore", device="cpu", seed=0)
         model.prepare(args.image_size)

@@ -16,9 +16,9 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from fake_datasets import write_mvtec
 
 from cl_iad.scenarios import from_folder
-from fake_datasets import write_mvtec
 
 pytestmark = pytest.mark.filterwarnings("ignore")  # anomalib's deprecations
 
