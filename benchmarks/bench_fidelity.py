@@ -434,39 +434,77 @@ def verdict(row: dict) -> str:
 
 
 def one_model(name: str, args: dict, root: Path, category: str, size: int, out: Path, note: str | None,
-              seeds: int = 1, same_batches: bool = False) -> dict:
-    """One table row: each metric's mean over seeds 0..`seeds`-1 for both sides, and their difference.
-
-    With several seeds the row also gives each side's image-AUROC range and, per metric, the
-    standard error of the mean difference over seeds (both sides run each seed from the same
-    initial weights, so the differences are paired): a difference of a few standard errors is seed
-    noise (batch order, coreset start), not a different model. With `same_batches` the row also
-    compares the two sides' per-step training losses.
-    """
-    row: dict = {"model": name, "epochs": args.get("epochs", 1), "seeds": seeds,
+              seeds: int = 1, same_batches: bool = False, seed_start: int = 0) -> dict:
+    """One table row: each metric's mean over seeds `seed_start`.. (`seeds` of them) for both sides,
+    and their difference (see :func:`summarise`). With `same_batches` the row also compares the two
+    sides' per-step training losses."""
+    row: dict = {"model": name, "epochs": args.get("epochs", 1),
                  "batches": "same" if same_batches and name not in FROZEN else "each side's own"}
     start = time.perf_counter()
-    ours = [run_ours(name, {**args, "seed": s}, root, category, size, out / name) for s in range(seeds)]
+    seed_list = list(range(seed_start, seed_start + seeds))
+    ours = [run_ours(name, {**args, "seed": s}, root, category, size, out / name) for s in seed_list]
     theirs = [] if note else [run_anomalib(name, {**args, "seed": s}, root, category, size, out / name, same_batches)
-                              for s in range(seeds)]
-    for m in METRICS:
-        row[f"{m}_cl_iad"] = float(np.mean([o[m] for o in ours]))
-        row[f"{m}_anomalib"] = float(np.mean([t[m] for t in theirs])) if theirs else float("nan")
-        row[f"{m}_diff"] = row[f"{m}_cl_iad"] - row[f"{m}_anomalib"]
-        row[f"{m}_per_seed_cl_iad"] = ";".join(f"{o[m]:.4f}" for o in ours)
-        row[f"{m}_per_seed_anomalib"] = ";".join(f"{t[m]:.4f}" for t in theirs)
-        if seeds > 1 and theirs:
-            paired = np.array([o[m] - t[m] for o, t in zip(ours, theirs, strict=True)])
-            row[f"{m}_diff_se"] = float(paired.std(ddof=1) / math.sqrt(len(paired)))
-    if seeds > 1:
-        for side, results in (("cl_iad", ours), ("anomalib", theirs)):
-            aurocs = [r["image_auroc"] for r in results]
-            row[f"image_auroc_range_{side}"] = f"{min(aurocs):.3f}-{max(aurocs):.3f}" if aurocs else None
+                              for s in seed_list]
+    row["seed_list"] = ";".join(map(str, seed_list))
+    summarise(row, ours, theirs)
     if theirs and all(o["losses"] for o in ours):
         row["loss_curves"] = loss_agreement([o["losses"] for o in ours], [t["losses"] for t in theirs])
     row["verdict"] = note or verdict(row)
     row["minutes"] = (time.perf_counter() - start) / 60
     log.info("%s: %s", name, {k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()})
+    return row
+
+
+def summarise(row: dict, ours: list[dict], theirs: list[dict]) -> dict:
+    """Fill `row` from per-seed metrics: each side's mean, the difference of means, the per-seed values
+    and, with several seeds, each side's image-AUROC range and per metric the standard error of
+    the mean difference. Both sides run each seed from the same initial weights, so the
+    differences are paired: a difference of a few standard errors is seed noise (batch order,
+    coreset start), not a different model."""
+    row["seeds"] = len(ours)
+    for m in METRICS:
+        row[f"{m}_cl_iad"] = float(np.mean([o[m] for o in ours]))
+        row[f"{m}_anomalib"] = float(np.mean([t[m] for t in theirs])) if theirs else float("nan")
+        row[f"{m}_diff"] = row[f"{m}_cl_iad"] - row[f"{m}_anomalib"]
+        row[f"{m}_per_seed_cl_iad"] = ";".join(f"{o[m]:.6f}" for o in ours)
+        row[f"{m}_per_seed_anomalib"] = ";".join(f"{t[m]:.6f}" for t in theirs)
+        row.pop(f"{m}_diff_se", None)
+        if len(ours) > 1 and theirs:
+            paired = np.array([o[m] - t[m] for o, t in zip(ours, theirs, strict=True)])
+            row[f"{m}_diff_se"] = float(paired.std(ddof=1) / math.sqrt(len(paired)))
+    if len(ours) > 1:
+        for side, results in (("cl_iad", ours), ("anomalib", theirs)):
+            aurocs = [r["image_auroc"] for r in results]
+            row[f"image_auroc_range_{side}"] = f"{min(aurocs):.3f}-{max(aurocs):.3f}" if aurocs else None
+    return row
+
+
+def _per_seed(row: dict, side: str) -> list[dict]:
+    """The per-seed metrics of one side of a row (as read back from a CSV)."""
+    columns = [str(row.get(f"{m}_per_seed_{side}", "")) for m in METRICS]
+    if any(c in ("", "nan", "None") for c in columns):
+        return []
+    values = [[float(v) for v in c.split(";")] for c in columns]
+    return [dict(zip(METRICS, seed, strict=True)) for seed in zip(*values, strict=True)]
+
+
+def pool(a: dict, b: dict) -> dict:
+    """One row from two runs of the same model on other seeds (same epochs and batches), or `b`
+    where they cannot be pooled (a rerun of the same seeds, another setting: the later run wins)."""
+    seeds_a, seeds_b = (str(r.get("seed_list", "")).split(";") for r in (a, b))
+    same_setting = all(str(a.get(k)) == str(b.get(k)) for k in ("epochs", "batches", "epochs_scale"))
+    if not same_setting or "" in seeds_a + seeds_b or "nan" in seeds_a + seeds_b or set(seeds_a) & set(seeds_b):
+        return b
+    ours, theirs = _per_seed(a, "cl_iad") + _per_seed(b, "cl_iad"), _per_seed(a, "anomalib") + _per_seed(b, "anomalib")
+    if not ours or (theirs and len(theirs) != len(ours)):
+        return b
+    row = summarise({**a, "seed_list": ";".join(seeds_a + seeds_b)}, ours, theirs)
+    curves = [str(r.get("loss_curves")) for r in (a, b) if r.get("loss_curves") not in (None, "") and
+              not (isinstance(r.get("loss_curves"), float) and math.isnan(r["loss_curves"]))]
+    row["loss_curves"] = " | ".join(curves) if curves else None
+    row["minutes"] = float(a.get("minutes", 0)) + float(b.get("minutes", 0))
+    note = str(a.get("verdict", ""))
+    row["verdict"] = note if note.startswith("n/a") else verdict(row)
     return row
 
 
@@ -492,7 +530,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--dsr-weights", default=None, help="DSR's VQ-VAE weights file (without it DSR is n/a)")
     parser.add_argument("--seeds", type=int, default=1,
-                        help="run both sides with seeds 0..N-1: means, and each side's image AUROC range")
+                        help="run both sides with N seeds (from --seed-start, default 0): means, each side's image AUROC range, paired SE")
+    parser.add_argument("--seed-start", type=int, default=0,
+                        help="first seed (runs seeds S..S+N-1); --merge pools runs of one model on other seeds")
     parser.add_argument("--same-batches", action="store_true",
                         help="gradient-trained models: anomalib's Lightning loop trains on our batches in our order, "
                              "with the global generator seeded as ours (table: fidelity_same_batches.*)")
@@ -502,7 +542,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
                         help="start a new table (default: keep the rows of models not rerun, same data only)")
     parser.add_argument("--merge", type=Path, nargs="+", metavar="DIR",
                         help="run nothing: put the rows of other --out folders (runs split over processes or "
-                             "machines, same data) into this table; a model's row from a later folder wins")
+                             "machines, same data) into this table; runs of one model on other seeds (--seed-start) "
+                             "are pooled, otherwise a model's row from a later folder wins")
     args = parser.parse_args(argv)
     setup_logging()
     logging.getLogger("bench").setLevel(logging.INFO)
@@ -520,7 +561,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     rows = {} if args.fresh else _previous(args.out / f"{stem}.csv", data)
     if args.merge:
         for folder in args.merge:
-            rows.update(_previous(folder / f"{stem}.csv", data))
+            for name, row in _previous(folder / f"{stem}.csv", data).items():
+                rows[name] = pool(rows[name], row) if name in rows else row
         text = _write(rows, args.out, data, stem)
         print(text, flush=True)
         return [rows[n] for n in FIDELITY if n in rows]
@@ -530,7 +572,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             continue
         note = "n/a (no anomalib 2 model)" if ANOMALIB_CLASS[name] is None else None
         row = one_model(name, setting(name, args.epochs_scale, args.dsr_weights), root, category, args.image_size,
-                        work_dir("fidelity_runs"), note, args.seeds, args.same_batches)
+                        work_dir("fidelity_runs"), note, args.seeds, args.same_batches, args.seed_start)
         rows[name] = {**row, **data, "epochs_scale": args.epochs_scale}
         _write(rows, args.out, data, stem)
     text = _write(rows, args.out, data, stem)
