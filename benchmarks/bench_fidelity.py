@@ -157,7 +157,8 @@ def run_ours(name: str, args: dict, root: Path, category: str, size: int, out: P
     result = run(strategy, scenario, out / "cl_iad", name=f"{name}-seed{seed}", metrics=list(METRICS),
                  wandb="off", progress=False, overwrite=True, checkpoint=False, save_model=False)
     metrics = {m: float(result.matrices[m].to_numpy()[0, 0]) for m in METRICS}
-    return {**metrics, "losses": list(getattr(strategy.model, "losses_", {}).get(0, []))}
+    return {**metrics, "losses": list(getattr(strategy.model, "losses_", {}).get(0, [])),
+            "epochs_run": getattr(strategy.model, "epochs_run_", {}).get(0)}
 
 
 def _pre_processor(model, name: str, size: int):
@@ -172,7 +173,7 @@ def _pre_processor(model, name: str, size: int):
     return getattr(am, ANOMALIB_CLASS[name]).configure_pre_processor((size, size))
 
 
-def lightning_module(name: str, ours, size: int):
+def lightning_module(name: str, ours, size: int, evaluator=False):
     """anomalib's Lightning module for `name`, holding a copy of our untrained torch model."""
     import anomalib.models as am
 
@@ -182,7 +183,7 @@ def lightning_module(name: str, ours, size: int):
     cls = getattr(am, ANOMALIB_CLASS[name])
     accepted = inspect.signature(cls.__init__).parameters
     kwargs: dict = {"pre_processor": _pre_processor(ours, name, size), "post_processor": False,
-                    "evaluator": False, "visualizer": False}
+                    "evaluator": evaluator, "visualizer": False}
     # hyper-parameters read by the Lightning module itself (optimisers, coreset, fibre batches)
     hp = {**getattr(ours, "hp", {}), "lr": getattr(ours, "lr", None), "batch_size": getattr(ours, "batch_size", None),
           "coreset_sampling_ratio": getattr(ours, "coreset_ratio", None)}
@@ -324,13 +325,18 @@ def _same_solarize(ours, module) -> None:
 
 
 def run_anomalib(name: str, args: dict, root: Path, category: str, size: int, out: Path,
-                 same_batches: bool = False) -> dict[str, float]:
+                 same_batches: bool = False, stop_on_test: int = 0) -> dict[str, float]:
     """Metrics of anomalib's Engine fit + predict on the same folder, scored by cl_iad's metrics.
 
     With `same_batches` (gradient-trained models), Lightning trains on our stream's images in our
     ``fit``'s batch order, with the global generator seeded as ours at the start of training, so
     the two runs differ only in what each side's training code computes. Returns the per-step
-    losses too (``losses``).
+    losses too (``losses``), and the epochs trained (``epochs_run``).
+
+    With `stop_on_test` = P > 0, anomalib's published protocol for CFA, CS-Flow and Reverse
+    Distillation (anomalib 0.x configs): validate every epoch on the test set
+    (``val_split_mode="same_as_test"``) and stop when its pixel AUROC has not risen for P epochs
+    (Lightning's ``EarlyStopping``, mode max).
     """
     from anomalib.callbacks.checkpoint import ModelCheckpoint
     from anomalib.data import MVTecAD
@@ -344,16 +350,26 @@ def run_anomalib(name: str, args: dict, root: Path, category: str, size: int, ou
     ours = build(name, args)
     if hasattr(ours, "setup"):
         ours.setup(size)  # gradient-trained: build the module as our fit would
-    module = lightning_module(name, ours, size)
+    callbacks: list = []
+    evaluator = False
+    if stop_on_test:
+        from anomalib.metrics import AUROC, Evaluator
+        from lightning.pytorch.callbacks import EarlyStopping
+
+        evaluator = Evaluator(val_metrics=[AUROC(fields=["anomaly_map", "gt_mask"], prefix="pixel_")], test_metrics=[])
+        callbacks.append(EarlyStopping(monitor="pixel_AUROC", patience=stop_on_test, mode="max"))
+    module = lightning_module(name, ours, size, evaluator)
     batch = getattr(ours, "batch_size", 16)
-    datamodule = MVTecAD(root=root, category=category, train_batch_size=batch, eval_batch_size=batch, num_workers=0)
+    datamodule = MVTecAD(root=root, category=category, train_batch_size=batch, eval_batch_size=batch, num_workers=0,
+                         **({"val_split_mode": "same_as_test"} if stop_on_test else {}))
     epochs = getattr(ours, "epochs", 1)
     _same_solarize(ours, module)
     steps = _Steps(ours.seed if same_batches and name not in FROZEN else None)
     engine = Engine(default_root_dir=out / "anomalib", logger=False, accelerator="cpu", devices=1, max_epochs=epochs,
-                    enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+                    enable_progress_bar=False, enable_model_summary=False,
+                    **({"num_sanity_val_steps": 0} if stop_on_test else {"limit_val_batches": 0}),
                     callbacks=[ModelCheckpoint(dirpath=out / "anomalib" / "ckpt", save_top_k=0, save_last=False),
-                               steps])
+                               steps, *callbacks])
     seed_everything(ours.seed, workers=True)
     if name in FROZEN:
         # Same randomness as ours: the images in file order (our feature cache's order) and the
@@ -385,7 +401,8 @@ def run_anomalib(name: str, args: dict, root: Path, category: str, size: int, ou
     labels = torch.cat([b.gt_label.reshape(-1) for b in batches]).numpy().astype(np.int64)
     masks = torch.cat([b.gt_mask.reshape(-1, size, size) for b in batches]).numpy().astype(bool)
     pred = Predictions(scores.astype(np.float64), maps)
-    return {**{m: float(METRIC_FUNCTIONS[m](pred, labels, masks)) for m in METRICS}, "losses": steps.losses}
+    return {**{m: float(METRIC_FUNCTIONS[m](pred, labels, masks)) for m in METRICS}, "losses": steps.losses,
+            "epochs_run": engine.trainer.current_epoch}
 
 
 # -- the table ---------------------------------------------------------------------------------
