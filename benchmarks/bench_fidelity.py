@@ -238,8 +238,9 @@ def _our_batches(datamodule, ours, root: Path, category: str, size: int) -> None
     seed * 1000 + task 0, iterated once per epoch), and Lightning's loader draws batches from that
     replay. A plain seeded loader would not do: Lightning calls ``iter()`` on it an extra time
     while setting up, which moves its generator, so from the second epoch on its order differs.
-    The first ``train_dataloader()`` call (Lightning's, for training) gets the replay; later calls
-    (CFA's centroid pass, DSR's length) get the images in file order, as our ``begin_task`` reads them.
+    Lightning's own ``train_dataloader()`` call, for training, gets the replay; the modules' calls
+    (CFA's centroid pass in ``on_train_start``, DSR's length in ``configure_optimizers``, which
+    comes before Lightning's) get the images in file order, as our ``begin_task`` reads them.
     """
     import itertools
 
@@ -272,16 +273,23 @@ def _our_batches(datamodule, ours, root: Path, category: str, size: int) -> None
         return ImageBatch(image=torch.stack([i["image"] for i in items]),
                           gt_label=torch.tensor([i["gt_label"] for i in items]))
 
-    calls = []
-
     def train_dataloader() -> DataLoader:
-        calls.append(1)
-        if len(calls) == 1:
+        if _called_by_lightnings_data_connector():
             # its own generator: each iter() draws a base seed, which must not move the global one
             return DataLoader(train, batch_sampler=Replay(), collate_fn=collate, generator=torch.Generator())
         return DataLoader(train, batch_size=ours.batch_size, shuffle=False, collate_fn=collate)
 
     datamodule.train_dataloader = train_dataloader
+
+
+def _called_by_lightnings_data_connector() -> bool:
+    """Whether Lightning's trainer (not a module hook) is asking for the training loader."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code.co_name == "_request_dataloader" and "lightning" in frame.f_code.co_filename:
+            return True
+        frame = frame.f_back
+    return False
 
 
 class _Steps:

@@ -3,7 +3,8 @@
 ``tests/test_parity_gradient.py`` drives anomalib's ``training_step`` by hand for two steps. This
 file runs the real thing on both sides for several epochs: cl_iad's ``run`` on a 1-task stream, and
 anomalib's ``Engine.fit`` (Lightning's loop: its epoch and scheduler stepping, its hooks, CFA's
-centroid pass through the datamodule, CFLOW's manual optimisation) fed our batches in our order by
+centroid pass through the datamodule, CFLOW's and DSR's manual optimisation, DSR's phase switch and
+its ``configure_optimizers`` asking the datamodule for the loader before Lightning does) fed our batches in our order by
 ``benchmarks/bench_fidelity.py --same-batches``. Every step's training loss must agree and so must
 the three metrics of the trained models, scored by the same code. A difference in when a schedule
 steps, in what a hook does or in how the global generator is drawn would show here.
@@ -29,6 +30,8 @@ SETTINGS = {
     "cflow": {"epochs": 3, "batch_size": 2, "preset": "light", "fiber_batch_size": 16},
     "draem": {"epochs": 3, "batch_size": 2, "recon_width": 8, "disc_width": 8},
     "cfa": {"epochs": 3, "batch_size": 2, "preset": "light"},
+    # 2 epochs: the reconstruction phase, then (from int(2 * 0.7) = 1) the upsampling phase
+    "dsr": {"epochs": 2, "batch_size": 2},
 }
 
 
@@ -74,6 +77,12 @@ def _args(name: str, tmp_path: Path) -> dict:
         from cl_iad.models.draem import render_texture_folder
 
         args.update(anomaly_source="dtd", dtd_dir=str(render_texture_folder(tmp_path / "dtd", n=4, size=32)))
+    if name == "dsr":  # random VQ-VAE weights: the pretrained ones are a download; both sides read this file
+        from anomalib.models.image.dsr.torch_model import DsrModel
+
+        torch.manual_seed(0)
+        torch.save(DsrModel().discrete_latent_model.state_dict(), tmp_path / "vq.pckl")
+        args["vq_weights"] = str(tmp_path / "vq.pckl")
     return args
 
 
@@ -85,7 +94,7 @@ def test_engine_on_our_batches_takes_the_same_steps_and_ends_at_the_same_scores(
     args = _args(name, tmp_path)
     ours = fidelity.run_ours(name, args, root, "bottle", SIZE, tmp_path)
     theirs = fidelity.run_anomalib(name, args, root, "bottle", SIZE, tmp_path, same_batches=True)
-    assert len(ours["losses"]) == len(theirs["losses"]) == 3 * 3
+    assert len(ours["losses"]) == len(theirs["losses"]) == args["epochs"] * 3
     for step, (a, b) in enumerate(zip(ours["losses"], theirs["losses"], strict=True)):
         assert a == pytest.approx(b, rel=1e-5, abs=1e-6), f"{name}: losses part at step {step}"
     assert len(set(ours["losses"])) > 1  # training moved
