@@ -97,3 +97,18 @@ def fixed_random_state():
     random.setstate(states[0])
     np.random.set_state(states[1])
     torch.random.set_rng_state(states[2])
+
+
+@pytest.fixture(scope="session")
+def fidelity():
+    """``benchmarks/bench_fidelity.py`` as a module (the fidelity harness the parity tests drive)."""
+    import sys
+    from pathlib import Path
+
+    folder = str(Path(__file__).resolve().parents[1] / "benchmarks")
+    sys.path.insert(0, folder)
+    try:
+        import bench_fidelity
+    finally:
+        sys.path.remove(folder)
+    return bench_fidelity

@@ -12,7 +12,6 @@ steps, in what a hook does or in how the global generator is drawn would show he
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -22,7 +21,6 @@ from fake_datasets import write_mvtec
 
 pytestmark = pytest.mark.filterwarnings("ignore")  # anomalib's and Lightning's warnings
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 SIZE = 64
 # tiny settings: 3 epochs of 3 batches, so that schedules and generators cross epoch boundaries
 SETTINGS = {
@@ -33,16 +31,6 @@ SETTINGS = {
     # 2 epochs: the reconstruction phase, then (from int(2 * 0.7) = 1) the upsampling phase
     "dsr": {"epochs": 2, "batch_size": 2},
 }
-
-
-@pytest.fixture(scope="module")
-def fidelity():
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        import bench_fidelity
-    finally:
-        sys.path.remove(str(BENCHMARKS))
-    return bench_fidelity
 
 
 @pytest.fixture(scope="module")
