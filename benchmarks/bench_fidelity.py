@@ -292,44 +292,47 @@ def _called_by_lightnings_data_connector() -> bool:
     return False
 
 
-class _Steps:
-    """A Lightning callback: seed the global generator at the start of training as our ``fit``
-    does (seed * 1000 + task 0), and record each training step's loss."""
+def _steps_callback(seed: int | None):
+    """A Lightning callback that seeds the global generator at the start of training as our
+    ``fit`` does (seed * 1000 + task 0; `seed` None: no seeding) and records each step's loss."""
+    from lightning.pytorch import Callback
 
-    def __new__(cls, seed: int | None):
-        from lightning.pytorch import Callback
+    class Steps(Callback):
+        def __init__(self) -> None:
+            self.losses: list[float] = []
 
-        class Steps(Callback):
-            def __init__(self) -> None:
-                self.losses: list[float] = []
+        def on_train_start(self, trainer, pl_module) -> None:
+            if seed is not None:
+                torch.manual_seed(seed * 1000)
 
-            def on_train_start(self, trainer, pl_module) -> None:
-                if seed is not None:
-                    torch.manual_seed(seed * 1000)
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            if isinstance(outputs, dict):
+                loss = outputs.get("loss", outputs.get("generator_loss"))
+                if loss is not None:
+                    self.losses.append(float(loss))
 
-            def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-                if isinstance(outputs, dict):
-                    loss = outputs.get("loss", outputs.get("generator_loss"))
-                    if loss is not None:
-                        self.losses.append(float(loss))
+    return Steps()
 
-        return Steps()
+
+def share_solarize(mine, theirs) -> None:
+    """Give anomalib's PerlinAnomalyGenerator `theirs` the RandomSolarize threshold of `mine`.
+
+    The generator draws that threshold once, when built, from whatever state the global generator
+    is in; ours draws it from the model's seed. Like the initial weights, both sides must share it,
+    or every run has a different anomaly simulator (DRAEM, DSR)."""
+    from torchvision.transforms import v2
+
+    found = [[t for t in g.augmenters.transforms if isinstance(t, v2.RandomSolarize)] for g in (mine, theirs)]
+    if not (len(found[0]) == len(found[1]) == 1):
+        raise RuntimeError(f"expected one RandomSolarize in each Perlin generator, found {[len(f) for f in found]}")
+    found[1][0].threshold = found[0][0].threshold
 
 
 def _same_solarize(ours, module) -> None:
-    """anomalib's PerlinAnomalyGenerator draws its RandomSolarize threshold once, when built, from
-    whatever state the global generator is in: give anomalib's (DRAEM, DSR) the threshold of ours,
-    as both sides share the initial weights. Otherwise every run has a different anomaly simulator."""
-    from torchvision.transforms import v2
-
+    """:func:`share_solarize` for the models that hold a Perlin generator (ours' attribute, anomalib's)."""
     pairs = {"draem": ("_augmenter", "augmenter"), "dsr": ("_perlin", "perlin_generator")}
-    if ours.name not in pairs:
-        return
-    mine, theirs = (getattr(o, a) for o, a in zip((ours, module), pairs[ours.name], strict=True))
-    found = [[t for t in g.augmenters.transforms if isinstance(t, v2.RandomSolarize)] for g in (mine, theirs)]
-    if not (len(found[0]) == len(found[1]) == 1):
-        raise RuntimeError(f"{ours.name}: expected one RandomSolarize on each side, found {[len(f) for f in found]}")
-    found[1][0].threshold = found[0][0].threshold
+    if ours.name in pairs:
+        share_solarize(getattr(ours, pairs[ours.name][0]), getattr(module, pairs[ours.name][1]))
 
 
 def run_anomalib(name: str, args: dict, root: Path, category: str, size: int, out: Path,
@@ -372,7 +375,7 @@ def run_anomalib(name: str, args: dict, root: Path, category: str, size: int, ou
                          **({"val_split_mode": "same_as_test"} if stop_on_test else {}))
     epochs = getattr(ours, "epochs", 1)
     _same_solarize(ours, module)
-    steps = _Steps(ours.seed if same_batches and name not in FROZEN else None)
+    steps = _steps_callback(ours.seed if same_batches and name not in FROZEN else None)
     engine = Engine(default_root_dir=out / "anomalib", logger=False, accelerator="cpu", devices=1, max_epochs=epochs,
                     enable_progress_bar=False, enable_model_summary=False,
                     **({"num_sanity_val_steps": 0} if stop_on_test else {"limit_val_batches": 0}),

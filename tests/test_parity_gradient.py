@@ -88,7 +88,7 @@ def _patched(target: str, ours):
     return mock.patch(target, lambda *args, **kwargs: copy.deepcopy(ours.module))
 
 
-def _build(name: str, tmp) -> tuple:
+def _build(name: str, tmp, share_solarize) -> tuple:
     import anomalib.models as am
 
     light = {"preset": "light", "batch_size": 2}
@@ -119,7 +119,7 @@ def _build(name: str, tmp) -> tuple:
         torch.save(theirs.model.discrete_latent_model.state_dict(), vq)
         # one image per batch: DSR's 40M-parameter networks take seconds per step even at 64x64
         ours = build_model("dsr", **{**light, "batch_size": 1}, vq_weights=str(vq), epochs=2).setup(SIZE)
-        _same_solarize(ours._perlin, theirs.perlin_generator)
+        share_solarize(ours._perlin, theirs.perlin_generator)
         return ours, theirs
     if name == "cfa":
         ours = build_model("cfa", **light).setup(SIZE)
@@ -136,19 +136,9 @@ def _build(name: str, tmp) -> tuple:
         ours = build_model("draem", **light, anomaly_source="dtd", dtd_dir=str(folder)).setup(SIZE)
         with _patched("anomalib.models.image.draem.lightning_model.DraemModel", ours):
             theirs = _lightning(am.Draem, dtd_dir=folder)
-        _same_solarize(ours._augmenter, theirs.augmenter)
+        share_solarize(ours._augmenter, theirs.augmenter)
         return ours, theirs
     raise KeyError(name)
-
-
-def _same_solarize(ours, theirs) -> None:
-    """PerlinAnomalyGenerator draws its RandomSolarize threshold once, when built: give theirs ours."""
-    from torchvision.transforms import v2
-
-    mine = [t for t in ours.augmenters.transforms if isinstance(t, v2.RandomSolarize)]
-    other = [t for t in theirs.augmenters.transforms if isinstance(t, v2.RandomSolarize)]
-    assert len(mine) == len(other) == 1
-    other[0].threshold = mine[0].threshold
 
 
 @dataclass
@@ -167,13 +157,13 @@ class Pair:
 
 
 @pytest.fixture(scope="module")
-def pairs(tmp_path_factory) -> Callable[[str], Pair]:
+def pairs(tmp_path_factory, fidelity) -> Callable[[str], Pair]:
     cache: dict[str, Pair] = {}
 
     def get(name: str) -> Pair:
         if name not in cache:
             torch.manual_seed(0)
-            ours, theirs = _build(name, tmp_path_factory.mktemp(name))
+            ours, theirs = _build(name, tmp_path_factory.mktemp(name), fidelity.share_solarize)
             cache[name] = Pair(ours, theirs, ours.state_dict())
         return cache[name].reset()
 
