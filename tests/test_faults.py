@@ -310,6 +310,9 @@ def _child(argv: list[str], log: str) -> None:
     os.dup2(fd, 1)
     os.dup2(fd, 2)
     torch.set_num_threads(1)  # as this test process (conftest), so float sums run in the same order
+    # Ctrl-C as a shell's foreground command gets it: a suite started in the background (`make test &`)
+    # hands every descendant SIGINT ignored, and the Ctrl-C test's child would then run to the end
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     sys.exit(main(argv))
 
 
