@@ -517,12 +517,14 @@ def summarise(row: dict, ours: list[dict], theirs: list[dict]) -> dict:
 
 
 def _per_seed(row: dict, side: str) -> list[dict]:
-    """The per-seed metrics of one side of a row (as read back from a CSV)."""
-    columns = [str(row.get(f"{m}_per_seed_{side}", "")) for m in METRICS]
-    if any(c in ("", "nan", "None") for c in columns):
+    """The per-seed metrics of one side of a row (as read back from a CSV); a metric the model has
+    no output for (GANomaly's maps) is NaN on every seed."""
+    columns = {m: str(row.get(f"{m}_per_seed_{side}", "")) for m in METRICS}
+    values = {m: [float(v) for v in c.split(";")] for m, c in columns.items() if c not in ("", "nan", "None")}
+    if not values:
         return []
-    values = [[float(v) for v in c.split(";")] for c in columns]
-    return [dict(zip(METRICS, seed, strict=True)) for seed in zip(*values, strict=True)]
+    n = len(next(iter(values.values())))
+    return [{m: values[m][i] if m in values else float("nan") for m in METRICS} for i in range(n)]
 
 
 def pool(a: dict, b: dict) -> dict:
