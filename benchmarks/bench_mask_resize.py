@@ -17,15 +17,13 @@ from __future__ import annotations
 
 import argparse
 import logging
-import subprocess
-import sys
 
 import numpy as np
 import torch
-from common import REPO, emit, setup_logging, work_dir
+from bench_fidelity import dataset
+from common import emit, setup_logging, work_dir
 
 log = logging.getLogger("bench.mask_resize")
-PHOTO_TOOL = REPO.parent / "shared" / "tools" / "make_photo_set.py"
 
 
 def anomalib_masks(samples, size: int) -> np.ndarray:
@@ -54,9 +52,7 @@ def main(argv: list[str] | None = None) -> dict:
     from cl_iad.runner import METRIC_FUNCTIONS
     from cl_iad.scenarios import from_folder
 
-    root = work_dir("mask_resize") / f"photo_{args.native}px"
-    if not (root / "tissue" / "train").is_dir():
-        subprocess.run([sys.executable, str(PHOTO_TOOL), str(root), "--size", str(args.native)], check=True)
+    root = dataset("photo", "tissue", args.native, work_dir("fidelity_data"))  # the fidelity benchmark's photo set
     figures: dict = {"native": args.native, "image_size": args.image_size}
     head = ("| category | mask pixels that differ | pixel_auroc ours | pixel_auroc anomalib's masks | diff | "
             "pro ours | pro anomalib's masks | diff |")
